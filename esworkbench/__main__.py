@@ -1,0 +1,5 @@
+"""`python -m esworkbench` runs the command-line interface."""
+
+from esworkbench.cli import main
+
+main()
