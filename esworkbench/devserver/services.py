@@ -1,0 +1,80 @@
+"""The small services: Gossip, and what the dev server answers for persistent subscriptions
+and projections (neither is implemented; tooling probes them, so they answer cleanly)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import grpc
+from esdbclient.protos.Grpc import (
+    gossip_pb2,
+    gossip_pb2_grpc,
+    persistent_pb2_grpc,
+    projections_pb2_grpc,
+    shared_pb2,
+)
+
+_TICKS_PER_NS = 100
+_NOT_SUPPORTED = "The esworkbench development server does not implement {}"
+
+
+class GossipServicer(gossip_pb2_grpc.GossipServicer):
+    """A one-node cluster whose only member is the leader, at the address clients dial.
+
+    Args:
+        address: Host clients should dial (compared by clients with the one they used).
+        port: Port clients should dial.
+    """
+
+    def __init__(self, address: str, port: int) -> None:
+        self._instance_id = str(uuid.uuid4())
+        self.address = address
+        self.port = port
+
+    def Read(self, request: shared_pb2.Empty, context: grpc.ServicerContext) -> Any:
+        """``ClusterInfo`` with a single alive leader."""
+        member = gossip_pb2.MemberInfo(
+            instance_id=shared_pb2.UUID(string=self._instance_id),
+            time_stamp=time.time_ns() // _TICKS_PER_NS,
+            state=gossip_pb2.MemberInfo.VNodeState.Leader,
+            is_alive=True,
+            http_end_point=gossip_pb2.EndPoint(address=self.address, port=self.port),
+        )
+        return gossip_pb2.ClusterInfo(members=[member])
+
+
+def _unimplemented(feature: str) -> Any:
+    def handler(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_SUPPORTED.format(feature))
+
+    return handler
+
+
+def _group_not_found(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    group = getattr(request.options, "group_name", "")
+    context.abort(grpc.StatusCode.NOT_FOUND, f"Subscription group {group} does not exist.")
+
+
+class PersistentSubscriptionsServicer(persistent_pb2_grpc.PersistentSubscriptionsServicer):
+    """No persistent subscription groups exist, and none can be created.
+
+    ``List`` answers NOT_FOUND (clients turn that into an empty list), and so do the calls
+    that name a group; ``Create``, ``Update``, ``Read`` and ``RestartSubsystem`` answer
+    UNIMPLEMENTED.
+    """
+
+    def List(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """NOT_FOUND, as a node without subscription groups answers."""
+        context.abort(grpc.StatusCode.NOT_FOUND, "No persistent subscriptions exist")
+
+    GetInfo = Delete = ReplayParked = _group_not_found
+    Create = Update = Read = RestartSubsystem = _unimplemented("persistent subscriptions")
+
+
+class ProjectionsServicer(projections_pb2_grpc.ProjectionsServicer):
+    """Every projections call answers UNIMPLEMENTED."""
+
+    Create = Update = Delete = Statistics = Disable = _unimplemented("projections")
+    Enable = Reset = State = Result = RestartSubsystem = _unimplemented("projections")
