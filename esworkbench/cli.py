@@ -46,8 +46,12 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=2113, show_default=True, help="Port (0 picks a free one).")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep an append-only log here (default: in memory only).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep an append-only log here (default: in memory only).",
+)
 @click.option("--max-append-size", type=int, default=None, help="Largest append in bytes.")
 @_clean_errors
 def devserver(host: str, port: int, data_dir: Path | None, max_append_size: int | None) -> None:

@@ -51,7 +51,7 @@ class Settings:
 
     @classmethod
     def load(cls, *, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from `overrides` (None = not given), then the environment, then defaults."""
+        """Settings from `overrides` (None = not given), then the environment, then defaults."""
         env = os.environ if environ is None else environ
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(overrides) - set(fields)
@@ -83,11 +83,14 @@ class Settings:
                     f"{values['batch_size']!r}"
                 ) from None
             if values["batch_size"] <= 0:
-                raise ConfigError(f"{where('batch_size')} must be a positive integer, got "
-                                  f"{values['batch_size']}")
+                raise ConfigError(
+                    f"{where('batch_size')} must be a positive integer, got {values['batch_size']}"
+                )
         if "reader" in values and values["reader"] not in get_args(Reader):
-            raise ConfigError(f"{where('reader')} must be one of {list(get_args(Reader))}, "
-                              f"got {values['reader']!r}")
+            raise ConfigError(
+                f"{where('reader')} must be one of {list(get_args(Reader))}, "
+                f"got {values['reader']!r}"
+            )
         uri = values.get("esdb_uri")
         if uri is not None and not re.match(r"^esdb(\+discover)?://", str(uri)):
             raise ConfigError(

@@ -12,7 +12,8 @@ wrapped at the stage boundary with ``raise ... from e``. Messages name the bad v
     ├── AggregateError              the production aggregate contract
     │   ├── DomainRuleError         a business rule refused a command (subclassed per rule)
     │   ├── HistoryError            replayed history that breaks the contract (foreign event, gap)
-    │   └── ConcurrencyError        another writer moved the stream first
+    │   ├── ConcurrencyError        another writer moved the stream first
+    │   └── AggregateNotFoundError  no stream for that aggregate id (also a LookupError)
     ├── SourceError                 reading from EventStoreDB or an archive
     ├── LakeError                   the DuckDB event lake
     ├── FoldError                   replay through aggregates
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 __all__ = [
     "AggregateError",
+    "AggregateNotFoundError",
     "ConcurrencyError",
     "ConfigError",
     "DevServerError",
@@ -97,8 +99,14 @@ class DomainRuleError(AggregateError):
 class HistoryError(AggregateError):
     """Replayed history breaks the contract: an event of another aggregate, or out of order."""
 
-    def __init__(self, message: str, *, aggregate_id: str, expected_version: int,
-                 event_version: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        aggregate_id: str,
+        expected_version: int,
+        event_version: int | None = None,
+    ) -> None:
         self.aggregate_id = aggregate_id
         self.expected_version = expected_version
         self.event_version = event_version
@@ -108,8 +116,9 @@ class HistoryError(AggregateError):
 class ConcurrencyError(AggregateError):
     """Another writer appended to the stream since the aggregate was loaded."""
 
-    def __init__(self, stream_name: str, expected_version: int | None,
-                 actual_version: int | None) -> None:
+    def __init__(
+        self, stream_name: str, expected_version: int | None, actual_version: int | None
+    ) -> None:
         self.stream_name = stream_name
         self.expected_version = expected_version
         self.actual_version = actual_version
@@ -118,6 +127,17 @@ class ConcurrencyError(AggregateError):
         super().__init__(
             f"stream {stream_name!r} was expected at {expected} but is at {actual}: "
             "another writer got there first. Reload the aggregate and retry the command."
+        )
+
+
+class AggregateNotFoundError(AggregateError, LookupError):
+    """A repository was asked to load an aggregate whose stream does not exist."""
+
+    def __init__(self, stream_name: str) -> None:
+        self.stream_name = stream_name
+        super().__init__(
+            f"stream {stream_name!r} does not exist (or was deleted): check the aggregate id, "
+            "or create the aggregate and save it first."
         )
 
 

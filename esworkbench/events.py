@@ -83,6 +83,8 @@ SCHEMA_VERSION_KEY = "schemaVersion"
 OCCURRED_AT_KEY = "occurredAt"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# json.dumps(obj, separators=(",", ":")) without building an encoder per call (a third faster).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def created_from_ticks(ticks: int) -> datetime:
@@ -283,8 +285,9 @@ class EventRegistry:
             version += 1
         return data
 
-    def decode(self, event_type: str, data: Mapping[str, Any] | bytes | str, *,
-               version: int = 1) -> Any:
+    def decode(
+        self, event_type: str, data: Mapping[str, Any] | bytes | str, *, version: int = 1
+    ) -> Any:
         """Decode a stored payload (JSON bytes/text or an object) into its payload class."""
         cls = self.class_for(event_type)
         if isinstance(data, bytes | str):
@@ -293,8 +296,9 @@ class EventRegistry:
             except (ValueError, UnicodeDecodeError) as e:
                 raise PayloadDecodeError(event_type, f"payload is not valid JSON ({e})") from e
         if not isinstance(data, Mapping):
-            raise PayloadDecodeError(event_type, f"payload is a JSON {type(data).__name__}, "
-                                                 "not an object")
+            raise PayloadDecodeError(
+                event_type, f"payload is a JSON {type(data).__name__}, not an object"
+            )
         upcast = self.upcast(event_type, dict(data), version)
         try:
             return cls.from_json(upcast)  # type: ignore[attr-defined]
@@ -304,6 +308,5 @@ class EventRegistry:
     def encode(self, payload: Any) -> tuple[str, bytes, int]:
         """A payload object as (stored type name, JSON bytes, payload version)."""
         event_type = self.type_name_of(payload)
-        body = json.dumps(payload.to_json(), separators=(",", ":"), sort_keys=False)
+        body = _COMPACT_JSON.encode(payload.to_json())
         return event_type, body.encode(), self._by_name[event_type].version
-

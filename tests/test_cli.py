@@ -32,7 +32,9 @@ def test_devserver_serves_until_sigterm(tmp_path: object) -> None:
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "esworkbench", "devserver", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -43,8 +45,9 @@ def test_devserver_serves_until_sigterm(tmp_path: object) -> None:
         assert "not a production event store" in text
         client = EventStoreDBClient(uri)
         stream = f"cli-{uuid.uuid4()}"
-        client.append_to_stream(stream, current_version=StreamState.ANY,
-                                events=[NewEvent(type="Pinged", data=b"{}")])
+        client.append_to_stream(
+            stream, current_version=StreamState.ANY, events=[NewEvent(type="Pinged", data=b"{}")]
+        )
         assert [e.type for e in client.get_stream(stream)] == ["Pinged"]
         client.close()
     finally:

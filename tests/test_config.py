@@ -38,7 +38,10 @@ def test_uri_error_masks_password() -> None:
 @pytest.mark.parametrize(
     ("uri", "masked"),
     [
-        ("esdb://admin:changeit@localhost:2113?tls=true", "esdb://admin:***@localhost:2113?tls=true"),
+        (
+            "esdb://admin:changeit@localhost:2113?tls=true",
+            "esdb://admin:***@localhost:2113?tls=true",
+        ),
         ("esdb://localhost:2113?tls=false", "esdb://localhost:2113?tls=false"),
         ("esdb+discover://u:p@a,b,c", "esdb+discover://u:***@a,b,c"),
     ],

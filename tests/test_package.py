@@ -23,7 +23,9 @@ def test_all_is_sorted_unique_and_importable() -> None:
 
 
 def test_public_names_have_docstrings() -> None:
-    missing = [n for n in esworkbench.__all__ if not (getattr(esworkbench, n).__doc__ or "").strip()]
+    missing = [
+        n for n in esworkbench.__all__ if not (getattr(esworkbench, n).__doc__ or "").strip()
+    ]
     assert missing == []
 
 

@@ -1,0 +1,1 @@
+"""Reference production domains the workbench replays (``esworkbench.examples.bank``)."""
