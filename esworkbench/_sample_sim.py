@@ -26,6 +26,7 @@ from esworkbench.aggregates import (
     encode_event,
     event_metadata,
 )
+from esworkbench.errors import ConfigError
 from esworkbench.events import SCHEMA_VERSION_KEY
 from esworkbench.examples import bank
 from esworkbench.examples.bank import User
@@ -433,7 +434,7 @@ class Simulation:
             if not failed:
                 return
             kinds = failed
-        raise ValueError(
+        raise ConfigError(
             f"could not place anomalies {sorted(set(kinds))}: too few suitable "
             "users; generate with more users or days, or fewer anomalies"
         )

@@ -60,3 +60,55 @@ def devserver(host: str, port: int, data_dir: Path | None, max_append_size: int 
 
     options = {} if max_append_size is None else {"max_append_size": max_append_size}
     serve_forever(host, port, data_dir, **options)
+
+
+@main.command()
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a JSONL(.gz) archive here (its ground truth beside it).",
+)
+@click.option(
+    "--uri",
+    envvar="ESWORKBENCH_ESDB_URI",
+    help="Write into this EventStoreDB instead (esdb://host:port?tls=false).",
+)
+@click.option("--users", type=click.IntRange(min=1), default=75, show_default=True)
+@click.option(
+    "--seed",
+    "seed_value",
+    type=int,
+    default=7,
+    show_default=True,
+    help="Random seed: the same seed gives the same ledger, byte for byte.",
+)
+@click.option("--days", type=click.IntRange(min=1), default=90, show_default=True)
+@_clean_errors
+def seed(out: Path | None, uri: str | None, users: int, seed_value: int, days: int) -> None:
+    """Generate the sample bank ledger, with injected anomalies, into an archive or EventStoreDB."""
+    from esworkbench.config import mask_uri
+
+    if (out is None) == (uri is None):
+        raise click.UsageError("give exactly one of --out PATH (an archive) or --uri URI")
+    if out is not None:
+        from esworkbench.sample import generate, write_archive
+
+        ledger = generate(users=users, seed=seed_value, days=days)
+        archive, truth = write_archive(ledger, out)
+        click.echo(
+            f"wrote {len(ledger):,} events to {archive} and "
+            f"{len(ledger.truth)} anomalies to {truth}"
+        )
+        return
+    from esworkbench.config import Settings
+    from esworkbench.seed import seed_esdb
+
+    uri = Settings.load(esdb_uri=uri).esdb_uri
+    assert uri is not None
+    result = seed_esdb(uri, users=users, seed=seed_value, days=days, progress=True)
+    click.echo(
+        f"seeded {mask_uri(uri)}: {result.written:,} of {result.events:,} events written "
+        f"({result.events - result.written:,} already there), {result.streams:,} streams, "
+        f"{result.anomalies} injected anomalies, last position "
+        f"{result.last_commit_position:,}, {result.seconds:.1f}s"
+    )

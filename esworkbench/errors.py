@@ -4,7 +4,7 @@ Every error the workbench raises on purpose is an ``EsWorkbenchError``; library 
 wrapped at the stage boundary with ``raise ... from e``. Messages name the bad value and the fix.
 
     EsWorkbenchError
-    ├── ConfigError                 an invalid setting or argument
+    ├── ConfigError                 an invalid setting or argument (also a ValueError)
     ├── EventError                  decoding events at the boundary
     │   ├── DuplicateEventTypeError a stored type name registered twice
     │   ├── UnknownEventTypeError   a stored type name nobody registered
@@ -47,7 +47,7 @@ class EsWorkbenchError(Exception):
     """Base of every error esworkbench raises on purpose."""
 
 
-class ConfigError(EsWorkbenchError):
+class ConfigError(EsWorkbenchError, ValueError):
     """An invalid setting: the message names the setting, the bad value and the valid choices."""
 
 

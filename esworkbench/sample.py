@@ -58,7 +58,12 @@ from typing import Any, Literal, get_args, overload
 
 import pyarrow as pa
 
-from esworkbench.errors import EsWorkbenchError, PayloadDecodeError, UnknownEventTypeError
+from esworkbench.errors import (
+    ConfigError,
+    EsWorkbenchError,
+    PayloadDecodeError,
+    UnknownEventTypeError,
+)
 from esworkbench.events import RAW_SCHEMA, archive_line
 from esworkbench.examples.bank import AccountClosed, LedgerDriftError, OverdraftLimitExceeded
 
@@ -299,13 +304,13 @@ def generate(
         True
     """
     if users < 2:
-        raise ValueError(f"users must be at least 2 (transfers need two), got {users}")
+        raise ConfigError(f"users must be at least 2 (transfers need two), got {users}")
     if days < 1:
-        raise ValueError(f"days must be at least 1, got {days}")
+        raise ConfigError(f"days must be at least 1, got {days}")
     counts = default_anomaly_counts(users) if anomalies is None else dict(anomalies)
     unknown = sorted(set(counts) - set(ANOMALY_KINDS))
     if unknown or any(n < 0 for n in counts.values()):
-        raise ValueError(
+        raise ConfigError(
             f"anomalies must map kinds from {ANOMALY_KINDS} to counts >= 0; got {dict(counts)}"
         )
     counts = {kind: counts.get(kind, 0) for kind in ANOMALY_KINDS}

@@ -17,6 +17,8 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from esworkbench.aggregates import EncodedEvent, EventStoreRepository, decode_event
+from esworkbench.config import mask_uri
+from esworkbench.errors import SourceError
 from esworkbench.examples.bank import User, registry
 from esworkbench.sample import AnomalyKind, Ledger, generate
 
@@ -80,30 +82,18 @@ def write_esdb(ledger: Ledger, uri: str, *, progress: bool = False) -> SeedResul
     (seeded from different parameters by hand, or written by someone else).
     """
     from esdbclient import EventStoreDBClient
+    from esdbclient.exceptions import EventStoreDBClientException
 
     began = time.perf_counter()
     client = EventStoreDBClient(uri)
     try:
-        repository = EventStoreRepository(User, client=client)
-        # An append that repeats what is there returns the earlier position: only appends
-        # past the head of the log wrote something.
-        head = client.get_commit_position(filter_exclude=())
-        written = appends = 0
-        position = head
-        batches: Any = ledger.batches()
-        if progress:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, total=len(ledger.batch_start), unit="append", desc="seeding")
-        for first, stop, raw in batches:
-            if raw:
-                position = _append_raw(repository, ledger, first, stop)
-            else:
-                position = _append_through_repository(repository, ledger, first, stop)
-            appends += 1
-            if position > head:
-                written += stop - first
-                head = position
+        written, appends, position = _write(client, ledger, progress)
+    except EventStoreDBClientException as e:
+        raise SourceError(
+            f"cannot write the sample ledger to EventStoreDB at {mask_uri(uri)}: "
+            f"{type(e).__name__}: {e}. Check that the server is running and reachable "
+            "(`esworkbench devserver` starts a development server on 127.0.0.1:2113)."
+        ) from e
     finally:
         client.close()
     return SeedResult(
@@ -115,6 +105,31 @@ def write_esdb(ledger: Ledger, uri: str, *, progress: bool = False) -> SeedResul
         last_commit_position=position,
         seconds=time.perf_counter() - began,
     )
+
+
+def _write(client: Any, ledger: Ledger, progress: bool) -> tuple[int, int, int]:
+    """Append the ledger in $all order; returns (events written, appends, last position)."""
+    repository = EventStoreRepository(User, client=client)
+    # An append that repeats what is there returns the earlier position: only appends
+    # past the head of the log wrote something.
+    head = client.get_commit_position(filter_exclude=())
+    written = appends = 0
+    position = head
+    batches: Any = ledger.batches()
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=len(ledger.batch_start), unit="append", desc="seeding")
+    for first, stop, raw in batches:
+        if raw:
+            position = _append_raw(repository, ledger, first, stop)
+        else:
+            position = _append_through_repository(repository, ledger, first, stop)
+        appends += 1
+        if position > head:
+            written += stop - first
+            head = position
+    return written, appends, position
 
 
 def _append_through_repository(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -53,3 +54,29 @@ def test_devserver_serves_until_sigterm(tmp_path: object) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_seed_into_eventstoredb_twice_writes_once(esdb_uri: str) -> None:
+    runner = CliRunner()
+    args = ["seed", "--uri", esdb_uri, "--users", "20", "--seed", "11", "--days", "20"]
+    first = runner.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert re.search(r": 3\d\d of 3\d\d events written \(0 already there\)", first.output)
+    assert re.search(r": 0 of 3\d\d events written \(3\d\d already there\)", again.output)
+
+
+def test_seed_needs_exactly_one_target() -> None:
+    result = CliRunner().invoke(main, ["seed", "--users", "3"])
+    assert result.exit_code == 2
+    assert "exactly one of --out" in result.output
+
+
+def test_unreachable_server_is_a_clear_error_without_the_password() -> None:
+    uri = f"esdb://admin:s3cret@127.0.0.1:{_free_port()}?tls=false"
+    result = CliRunner().invoke(main, ["seed", "--uri", uri, "--users", "20", "--days", "20"])
+    assert result.exit_code == 1
+    assert "s3cret" not in result.output
+    assert "esdb://admin:***@127.0.0.1" in result.output
+    assert "server is running" in result.output
