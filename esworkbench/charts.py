@@ -1,0 +1,424 @@
+"""Chart builders: a frame in, an altair chart out.
+
+Every builder takes a Polars (or pandas) frame of the shape the fold and the timeline helpers
+produce and returns an altair chart; none reads the lake or replays anything. altair is imported
+inside the functions, so ``import esworkbench`` stays light.
+
+Two boundaries are handled here and nowhere else:
+
+- **Money is exact upstream and float only on the chart.** Decimal columns are cast to float when
+  the frame becomes chart data (JSON has no decimal), never before.
+- **Charts stay small.** A chart embeds its data, so builders refuse to embed more than
+  ``max_points`` rows: the balance timeline thins itself to the last event per stream per time
+  bucket (and says so in its subtitle); the others expect resampled frames.
+
+Charts are interactive wherever Vega runs (JupyterLab, the report HTML). ``enable_renderer``
+makes notebook outputs also carry the Vega-Lite spec itself, which the report runner turns into
+an offline rendering (see ``esworkbench.reports``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+if TYPE_CHECKING:
+    import altair as alt
+    import pandas as pd
+
+__all__ = [
+    "DEFAULT_MAX_POINTS",
+    "SPEC_MIME_PREFIX",
+    "balance_heatmap",
+    "balance_small_multiples",
+    "balance_timeline",
+    "bank_total",
+    "enable_renderer",
+    "plot_frame",
+]
+
+DEFAULT_MAX_POINTS = 5_000
+# Notebook outputs carrying a Vega-Lite spec use this MIME type prefix (+ "vN+json").
+SPEC_MIME_PREFIX = "application/vnd.vegalite."
+_RENDERER = "esworkbench"
+# Coarser and coarser buckets to thin a timeline with; the first that fits is used.
+_THINNING_STEPS = ("1m", "5m", "15m", "1h", "6h", "1d", "1w", "1mo", "3mo", "1y")
+# Tooltip columns of the timeline, in display order, with their titles (present ones are used).
+_EVENT_TOOLTIPS = (
+    ("stream_name", "stream"),
+    ("event_type", "event type"),
+    ("amount", "amount"),
+    ("new_balance", "newBalance"),
+    ("stream_revision", "revision"),
+    ("commit_position", "position"),
+    ("created", "created"),
+    ("occurred_at", "occurred_at"),
+)
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def plot_frame(
+    frame: pl.DataFrame | pd.DataFrame, columns: list[str] | None = None
+) -> pl.DataFrame:
+    """The frame as chart data: the chosen columns, Decimals as floats, times as UTC ISO text.
+
+    Casting happens only here, at the chart boundary: the analysis keeps exact Decimals. Times
+    become ISO 8601 text with a 'Z' (every browser parses it the same way), and unsigned 64-bit
+    positions become signed ones (JSON numbers; positions stay far below 2**53).
+
+    Example:
+        >>> from decimal import Decimal
+        >>> plot_frame(pl.DataFrame({"balance": [Decimal("1.50")]}))["balance"].to_list()
+        [1.5]
+    """
+    df = frame if isinstance(frame, pl.DataFrame) else pl.from_pandas(frame)
+    if columns is not None:
+        df = df.select([c for c in columns if c in df.columns])
+    casts: list[pl.Expr] = []
+    for name, dtype in df.schema.items():
+        if isinstance(dtype, pl.Decimal):
+            casts.append(pl.col(name).cast(pl.Float64))
+        elif isinstance(dtype, pl.Datetime):
+            utc = pl.col(name) if dtype.time_zone else pl.col(name).dt.replace_time_zone("UTC")
+            casts.append(
+                utc.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.fZ").alias(name)
+            )
+        elif dtype == pl.UInt64:
+            casts.append(pl.col(name).cast(pl.Int64))
+    return df.with_columns(casts) if casts else df
+
+
+def enable_renderer() -> None:
+    """Make notebook chart outputs carry their Vega-Lite spec, for offline report rendering.
+
+    The active altair renderer still produces what it did (interactive HTML in JupyterLab);
+    the output also gets the spec under ``application/vnd.vegalite.vN+json``, which the report
+    runner replaces with a static SVG plus an inline, offline Vega rendering. Calling it twice
+    is harmless.
+    """
+    import altair as alt
+
+    if alt.renderers.active == _RENDERER:
+        return
+    previous = alt.renderers.get()
+    mime = f"{SPEC_MIME_PREFIX}{alt.SCHEMA_VERSION.split('.')[0]}+json"
+
+    def render(spec: dict[str, Any], **metadata: Any) -> Any:
+        bundle = previous(spec, **metadata) if previous is not None else {}
+        data, meta = bundle if isinstance(bundle, tuple) else (bundle, {})
+        return {**data, mime: spec}, meta
+
+    alt.renderers.register(_RENDERER, render)
+    alt.renderers.enable(_RENDERER)
+
+
+def balance_timeline(
+    timeline: pl.DataFrame | pd.DataFrame,
+    *,
+    value: str = "balance",
+    time: str = "occurred_at",
+    series: str = "stream_name",
+    max_points: int = DEFAULT_MAX_POINTS,
+    title: str = "Balance after every event",
+    width: int = 760,
+    height: int = 320,
+) -> alt.VConcatChart:
+    """A step line per stream of `value` over `time`, events as points, zoomed by an overview.
+
+    The balance holds from one event to the next, hence step-after interpolation. Hovering an
+    event shows its type, amount, newBalance, revision, position and both times; brushing an
+    interval on the small overview below zooms the main chart; clicking a legend entry
+    highlights one stream.
+
+    Args:
+        timeline: One row per event: `series`, `time`, `value` and any of the tooltip columns
+            (event_type, amount, new_balance, stream_revision, commit_position, created).
+        value: The state column to plot (Decimal is fine).
+        time: The time axis; `occurred_at` (business time) by default.
+        series: The column naming the line (one per stream).
+        max_points: Above this many rows, keep the last event per stream per time bucket.
+        title: Chart title.
+        width: Width of the main chart in pixels.
+        height: Height of the main chart in pixels.
+
+    Example:
+        >>> from datetime import datetime, UTC
+        >>> tl = pl.DataFrame({"stream_name": ["user-1"], "balance": [1.0],
+        ...                    "occurred_at": [datetime(2024, 1, 1, tzinfo=UTC)]})
+        >>> balance_timeline(tl).to_dict()["vconcat"][0]["layer"][0]["mark"]["interpolate"]
+        'step-after'
+    """
+    import altair as alt
+
+    df = _to_polars(timeline)
+    _require(df, [series, time, value], "balance_timeline")
+    df, note = _thin(df, time=time, series=series, max_points=max_points)
+    tooltip_columns = [c for c, _ in _EVENT_TOOLTIPS if c in df.columns]
+    source = _inline(plot_frame(df, [*dict.fromkeys([series, time, value, *tooltip_columns])]))
+
+    brush = alt.selection_interval(encodings=["x"], name="zoom")
+    pick = alt.selection_point(fields=[series], bind="legend", name="pick")
+    x_title = f"{time} (UTC)"
+    color = alt.Color(f"{series}:N", title=series, legend=alt.Legend(symbolLimit=50))
+    base = alt.Chart(source).encode(
+        x=alt.X(f"{time}:T", title=x_title, scale=alt.Scale(type="utc", domain=brush)),
+        y=alt.Y(f"{value}:Q", title=value),
+        color=color,
+    )
+    tooltips = [_tooltip(c, t, df.schema[c]) for c, t in _EVENT_TOOLTIPS if c in df.columns]
+    if value not in tooltip_columns:
+        tooltips.insert(2, _tooltip(value, value, df.schema[value]))
+    # clip: zoomed in, marks outside the brushed interval must not spill over the axes.
+    lines = base.mark_line(interpolate="step-after", clip=True).encode(
+        opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15))
+    )
+    points = base.mark_point(filled=True, size=30, clip=True).encode(
+        tooltip=tooltips, opacity=alt.condition(pick, alt.value(1.0), alt.value(0.1))
+    )
+    detail = alt.layer(lines, points).add_params(pick).properties(width=width, height=height)
+    overview = (
+        alt.Chart(source)
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=alt.X(f"{time}:T", title="drag to zoom", scale=alt.Scale(type="utc")),
+            y=alt.Y(f"{value}:Q", title=None, axis=alt.Axis(tickCount=3)),
+            color=alt.Color(f"{series}:N", legend=None),
+        )
+        .add_params(brush)
+        .properties(width=width, height=60)
+    )
+    return alt.vconcat(detail, overview).properties(title=_title(title, note))
+
+
+def balance_small_multiples(
+    timeline: pl.DataFrame | pd.DataFrame,
+    *,
+    value: str = "balance",
+    time: str = "occurred_at",
+    series: str = "stream_name",
+    columns: int = 4,
+    max_series: int = 48,
+    max_points: int = DEFAULT_MAX_POINTS,
+    title: str = "Balance per stream",
+) -> alt.FacetChart:
+    """One small step chart per stream (each with its own y scale), for a few dozen streams.
+
+    Example:
+        >>> from datetime import datetime, UTC
+        >>> tl = pl.DataFrame({"stream_name": ["user-1", "user-2"], "balance": [1.0, 2.0],
+        ...     "occurred_at": [datetime(2024, 1, 1, tzinfo=UTC)] * 2})
+        >>> balance_small_multiples(tl).to_dict()["columns"]
+        4
+    """
+    import altair as alt
+
+    df = _to_polars(timeline)
+    _require(df, [series, time, value], "balance_small_multiples")
+    n_series = df[series].n_unique()
+    if n_series > max_series:
+        raise ValueError(
+            f"{n_series} streams are too many for small multiples (max_series={max_series}); "
+            "use balance_heatmap for many streams, or pass fewer (e.g. the top N by activity)"
+        )
+    df, note = _thin(df, time=time, series=series, max_points=max_points)
+    data = plot_frame(df, [series, time, value])
+    chart = (
+        alt.Chart(_inline(data))
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=alt.X(f"{time}:T", title=None, scale=alt.Scale(type="utc")),
+            y=alt.Y(f"{value}:Q", title=None),
+            tooltip=[
+                alt.Tooltip(f"{series}:N"),
+                alt.Tooltip(f"{time}:T", format=_TIME_FORMAT, formatType="utc"),
+                alt.Tooltip(f"{value}:Q", format=",.2f"),
+            ],
+        )
+        .properties(width=170, height=80)
+    )
+    return (
+        chart.facet(facet=alt.Facet(f"{series}:N", title=None), columns=columns)
+        .resolve_scale(y="independent")
+        .properties(title=_title(title, note))
+    )
+
+
+def balance_heatmap(
+    periods: pl.DataFrame | pd.DataFrame,
+    *,
+    value: str = "balance",
+    start: str = "period_start",
+    end: str = "period_end",
+    series: str = "stream_name",
+    max_points: int = DEFAULT_MAX_POINTS,
+    title: str = "Balance at the end of each period",
+) -> alt.Chart:
+    """A stream x period heatmap of `value` (e.g. end-of-period balances), for many streams.
+
+    Colours diverge around zero, so overdrawn periods stand out.
+
+    Args:
+        periods: One row per stream and period: `series`, `start`, `end`, `value`; an `events`
+            column (events in the period) is shown in the tooltip when present.
+        value: The column to colour by (Decimal is fine).
+        start: Period start column.
+        end: Period end column.
+        series: The row label column.
+        max_points: Refuse more cells than this: resample coarser or pass fewer streams.
+        title: Chart title.
+
+    Example:
+        >>> from datetime import datetime, UTC
+        >>> p = pl.DataFrame({"stream_name": ["user-1"], "balance": [5.0],
+        ...     "period_start": [datetime(2024, 1, 1, tzinfo=UTC)],
+        ...     "period_end": [datetime(2024, 1, 2, tzinfo=UTC)]})
+        >>> balance_heatmap(p).to_dict()["mark"]["type"]
+        'rect'
+    """
+    import altair as alt
+
+    df = _to_polars(periods)
+    _require(df, [series, start, end, value], "balance_heatmap")
+    _check_size(df, max_points, "balance_heatmap", "resample to a coarser period")
+    extra = ["events"] if "events" in df.columns else []
+    data = plot_frame(df, [series, start, end, value, *extra])
+    tooltips = [
+        alt.Tooltip(f"{series}:N"),
+        alt.Tooltip(f"{start}:T", title="from", format=_TIME_FORMAT, formatType="utc"),
+        alt.Tooltip(f"{end}:T", title="to", format=_TIME_FORMAT, formatType="utc"),
+        alt.Tooltip(f"{value}:Q", format=",.2f"),
+    ] + [alt.Tooltip("events:Q")] * bool(extra)
+    n_series = df[series].n_unique()
+    return (
+        alt.Chart(_inline(data))
+        .mark_rect()
+        .encode(
+            x=alt.X(f"{start}:T", title="period (UTC)", scale=alt.Scale(type="utc")),
+            x2=alt.X2(f"{end}:T"),
+            y=alt.Y(f"{series}:N", title=None, sort=None),
+            color=alt.Color(
+                f"{value}:Q", title=value, scale=alt.Scale(scheme="redblue", domainMid=0)
+            ),
+            tooltip=tooltips,
+        )
+        .properties(width=760, height=max(60, min(16 * n_series, 900)), title=title)
+    )
+
+
+def bank_total(
+    totals: pl.DataFrame | pd.DataFrame,
+    *,
+    value: str = "total",
+    time: str = "period_end",
+    max_points: int = DEFAULT_MAX_POINTS,
+    title: str = "Bank-wide total balance",
+) -> alt.LayerChart:
+    """The sum of all balances at the end of each period, as a line with points.
+
+    Args:
+        totals: One row per period: `time` (the period's end) and `value` (Decimal is fine);
+            `events` (events in the period) is shown in the tooltip when present.
+        value: The total column.
+        time: The period end column.
+        max_points: Refuse more periods than this: resample coarser.
+        title: Chart title.
+
+    Example:
+        >>> from datetime import datetime, UTC
+        >>> t = pl.DataFrame({"period_end": [datetime(2024, 1, 2, tzinfo=UTC)], "total": [9.0]})
+        >>> bank_total(t).to_dict()["layer"][0]["mark"]["type"]
+        'line'
+    """
+    import altair as alt
+
+    df = _to_polars(totals)
+    _require(df, [time, value], "bank_total")
+    _check_size(df, max_points, "bank_total", "resample to a coarser period")
+    extra = ["events"] if "events" in df.columns else []
+    data = plot_frame(df, [time, value, *extra])
+    base = alt.Chart(_inline(data)).encode(
+        x=alt.X(f"{time}:T", title="end of period (UTC)", scale=alt.Scale(type="utc")),
+        y=alt.Y(f"{value}:Q", title=value),
+    )
+    tooltips = [
+        alt.Tooltip(f"{time}:T", title="end of period", format=_TIME_FORMAT, formatType="utc"),
+        alt.Tooltip(f"{value}:Q", format=",.2f"),
+    ] + [alt.Tooltip("events:Q")] * bool(extra)
+    line = base.mark_line()
+    points = base.mark_point(filled=True, size=20).encode(tooltip=tooltips)
+    return alt.LayerChart(layer=[line, points]).properties(width=760, height=240, title=title)
+
+
+def _inline(data: pl.DataFrame) -> alt.InlineData:
+    # Inline values, not a DataFrame: altair's own row limit (5,000, raised at display time)
+    # would otherwise override `max_points`; altair still stores them once per chart.
+    import altair as alt
+
+    return alt.InlineData(values=data.to_dicts())
+
+
+def _to_polars(frame: pl.DataFrame | pd.DataFrame) -> pl.DataFrame:
+    return frame if isinstance(frame, pl.DataFrame) else pl.from_pandas(frame)
+
+
+def _require(df: pl.DataFrame, columns: list[str], builder: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{builder} needs the column(s) {missing}; the frame has {df.columns}")
+
+
+def _check_size(df: pl.DataFrame, max_points: int, builder: str, fix: str) -> None:
+    if df.height > max_points:
+        raise ValueError(
+            f"{builder} would embed {df.height:,} rows in the chart (max_points={max_points:,}); "
+            f"{fix} first"
+        )
+
+
+def _thin(
+    df: pl.DataFrame, *, time: str, series: str, max_points: int
+) -> tuple[pl.DataFrame, str | None]:
+    """At most `max_points` rows: the last event per stream per bucket, the finest that fits.
+
+    The last event of a bucket carries the balance the bucket ends with, so the thinned step
+    line passes through true balances at true times; only intermediate steps disappear.
+    """
+    if df.height <= max_points:
+        return df, None
+    ordered = df.sort([series, time])
+    for every in _THINNING_STEPS:
+        thinned = (
+            ordered.with_columns(pl.col(time).dt.truncate(every).alias("_bucket"))
+            .group_by([series, "_bucket"], maintain_order=True)
+            .last()
+            .drop("_bucket")
+        )
+        if thinned.height <= max_points:
+            note = (
+                f"thinned: the last event per stream per {every} "
+                f"({thinned.height:,} of {df.height:,} events)"
+            )
+            return thinned, note
+    raise ValueError(
+        f"{df[series].n_unique():,} streams do not fit in {max_points:,} points even at one "
+        "point per year; chart fewer streams (e.g. the top N by activity)"
+    )
+
+
+def _tooltip(column: str, title: str, dtype: pl.DataType) -> alt.Tooltip:
+    import altair as alt
+
+    if isinstance(dtype, pl.Datetime):
+        return alt.Tooltip(f"{column}:T", title=title, format=_TIME_FORMAT, formatType="utc")
+    if isinstance(dtype, pl.Decimal | pl.Float32 | pl.Float64):
+        return alt.Tooltip(f"{column}:Q", title=title, format=",.2f")
+    if dtype.is_integer():
+        return alt.Tooltip(f"{column}:Q", title=title, format="d")
+    return alt.Tooltip(f"{column}:N", title=title)
+
+
+def _title(title: str, note: str | None) -> Any:
+    import altair as alt
+
+    return alt.TitleParams(title, subtitle=[note]) if note else title
