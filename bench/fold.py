@@ -1,0 +1,183 @@
+"""Benchmark the fold: sequential and parallel replay through bank.User, and the vectorized path.
+
+    python bench/fold.py                       # ~1M sample events (lake built once, then reused)
+    python bench/fold.py --users 400 --days 90 # a quick run
+
+The lake is built from the sample generator on first use (bench/out/, git-ignored) and reused.
+Replay timings exclude reading the lake (timed separately), so the figures compare the folds;
+``replay`` end to end is read + fold. CPU seconds include the worker processes. Prints figures,
+asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import resource
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from esworkbench import _fold_engine
+from esworkbench.fold import bank_balances, replay, replay_frame
+from esworkbench.lake import Lake, sync
+from esworkbench.sample import generate
+from esworkbench.sources import SourceBatch
+
+BANK = "esworkbench.examples.bank:User"
+OUT = Path(__file__).resolve().parent / "out"
+
+
+@dataclass
+class LedgerSource:
+    """The generated ledger as an EventSource (what a JSONL archive of it would yield)."""
+
+    table: pa.Table
+    key: str = "bench:sample-ledger"
+
+    def describe(self) -> str:
+        return f"sample ledger ({self.table.num_rows:,} events)"
+
+    def read_batches(self, after: int | None, *, batch_size: int) -> Iterator[SourceBatch]:
+        for batch in self.table.to_batches(max_chunksize=batch_size):
+            yield SourceBatch(batch, int(batch.column("commit_position")[-1].as_py()))
+
+
+def build_lake(path: Path, *, users: int, days: int, seed: int) -> None:
+    print(f"building {path} from generate(users={users}, days={days}, seed={seed}) ...")
+    started = time.perf_counter()
+    ledger = generate(users=users, seed=seed, days=days)
+    print(f"  generated {len(ledger):,} events in {time.perf_counter() - started:.1f}s")
+    table = ledger.to_arrow()
+    del ledger
+    started = time.perf_counter()
+    with Lake(path) as lake:
+        result = sync(LedgerSource(table), lake, batch_size=200_000)
+    print(
+        f"  synced {result.events:,} events ({result.rejected} rejected) "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+
+
+def cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass
+class Figure:
+    wall: float
+    cpu: float
+    result: Any
+
+
+def timed(label: str, events: int, fn: Callable[[], Any], *, repeat: int) -> Figure:
+    best: Figure | None = None
+    for _ in range(repeat):
+        gc.collect()
+        wall0, cpu0 = time.perf_counter(), cpu()
+        result = fn()
+        figure = Figure(time.perf_counter() - wall0, cpu() - cpu0, result)
+        if best is None or figure.wall < best.wall:
+            best = figure
+    assert best is not None
+    print(
+        f"  {label:<46} {best.wall:7.2f}s wall {best.cpu:7.2f}s cpu "
+        f"{events / best.wall:>10,.0f} ev/s {events / best.cpu:>10,.0f} ev/cpu-s"
+    )
+    return best
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=3_800)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1, help="best of N runs per figure")
+    parser.add_argument("--batch-size", type=int, default=50_000)
+    parser.add_argument(
+        "--no-gc-compare", action="store_true", help="skip the run with the cyclic GC left on"
+    )
+    args = parser.parse_args()
+
+    OUT.mkdir(exist_ok=True)
+    path = OUT / f"fold-{args.users}u-{args.days}d-s{args.seed}.duckdb"
+    if not path.exists():
+        build_lake(path, users=args.users, days=args.days, seed=args.seed)
+
+    print(
+        f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
+        f"polars {pl.__version__}, pyarrow {pa.__version__}"
+    )
+    with Lake(path, read_only=True) as lake:
+        n = lake.scan_events(category="user").select(pl.len()).collect().item()
+        print(f"lake: {path.name}, {n:,} user events\n")
+        events = timed(
+            "read lake -> frame (scan_events)",
+            n,
+            lambda: lake.scan_events(category="user").collect(),
+            repeat=args.repeat,
+        ).result
+
+        def fold(workers: int) -> Any:
+            return replay_frame(
+                events, BANK, on_error="skip", workers=workers, batch_size=args.batch_size
+            )
+
+        seq = timed("replay_frame, sequential", n, lambda: fold(1), repeat=args.repeat)
+        par = timed(
+            "replay_frame, workers=2 (fork, Arrow in/out)", n, lambda: fold(2), repeat=args.repeat
+        )
+        same = seq.result.timeline.equals(par.result.timeline) and seq.result.findings.equals(
+            par.result.findings
+        )
+        print(
+            f"    parallel/sequential wall speed-up {seq.wall / par.wall:.2f}x; "
+            f"same frames: {same}; findings: {seq.result.findings.height:,}"
+        )
+        del par
+        if not args.no_gc_compare:
+            with gc_left_on():
+                timed("replay_frame, sequential, cyclic GC left on", n, lambda: fold(1), repeat=1)
+        timed(
+            "replay(lake) end to end, sequential",
+            n,
+            lambda: replay(lake, BANK, on_error="skip", batch_size=args.batch_size),
+            repeat=args.repeat,
+        )
+        vec = timed(
+            "bank_balances(frame), vectorized", n, lambda: bank_balances(events), repeat=args.repeat
+        )
+        timed("bank_balances(lake) end to end", n, lambda: bank_balances(lake), repeat=args.repeat)
+        print(f"    vectorized/sequential wall speed-up {seq.wall / vec.wall:.1f}x")
+        print(
+            f"    ({vec.result.height:,} of the {n:,} events move money; ev/s is over all events)"
+        )
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"\npeak RSS of this process: {rss_mb():,.0f} MB")
+
+
+@contextlib.contextmanager
+def gc_left_on() -> Iterator[None]:
+    original = _fold_engine.gc_paused
+    _fold_engine.gc_paused = contextlib.nullcontext  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _fold_engine.gc_paused = original
+
+
+if __name__ == "__main__":
+    main()
