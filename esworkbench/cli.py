@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 
@@ -112,3 +113,159 @@ def seed(out: Path | None, uri: str | None, users: int, seed_value: int, days: i
         f"{result.anomalies} injected anomalies, last position "
         f"{result.last_commit_position:,}, {result.seconds:.1f}s"
     )
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "--lake",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="ESWORKBENCH_LAKE",
+    required=True,
+    help="The lake the notebook reads (ESWORKBENCH_LAKE).",
+)
+@click.option(
+    "-p",
+    "--parameter",
+    "pairs",
+    type=(str, str),
+    multiple=True,
+    metavar="KEY VALUE",
+    help='A notebook parameter (JSON values are parsed: 5, null, ["1","2"]).',
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Parent of reports/NAME/<timestamp>/ (default: reports, ESWORKBENCH_REPORTS_DIR).",
+)
+@click.option("--no-input", is_flag=True, help="Hide code cells in the HTML (for reviewers).")
+@_clean_errors
+def report(
+    name: str, lake: Path, pairs: tuple[tuple[str, str], ...], out_dir: Path | None, no_input: bool
+) -> None:
+    """Run report notebook NAME (e.g. balance_timeline) into HTML, notebook and manifest."""
+    from esworkbench.config import Settings
+    from esworkbench.reports import parse_parameters, run_report
+
+    settings = Settings.load(reports_dir=out_dir)
+    result = run_report(
+        name,
+        lake=lake,
+        parameters=parse_parameters(pairs),
+        out_dir=settings.reports_dir,
+        no_input=no_input,
+    )
+    click.echo(str(result))
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--lake",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Check against this lake instead of the one the manifest names.",
+)
+@_clean_errors
+def verify(manifest: Path, lake: Path | None) -> None:
+    """Re-read what a report read and say whether it still matches its data (exit 1 if not)."""
+    from esworkbench.reports import verify_manifest
+
+    result = verify_manifest(manifest, lake=lake)
+    click.echo(str(result))
+    if not result.ok:
+        raise SystemExit(1)
+
+
+def _position_or_time(value: str | None) -> int | datetime | None:
+    """--as-of: all digits is a commit position, anything else an ISO 8601 time (UTC if naive)."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither a commit position (digits) nor an ISO 8601 time "
+            "such as 2024-03-01T12:00:00Z"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@main.command()
+@click.option(
+    "--lake",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="ESWORKBENCH_LAKE",
+    required=True,
+    help="The lake to replay (ESWORKBENCH_LAKE).",
+)
+@click.option(
+    "--aggregate",
+    default="esworkbench.examples.bank:User",
+    show_default=True,
+    help="The production aggregate class, as module:Class.",
+)
+@click.option("--stream", "streams", multiple=True, help="Only this stream (repeatable).")
+@click.option("--stream-prefix", default=None, help="Only streams starting with this.")
+@click.option("--as-of", default=None, help="Stop at a commit position (digits) or ISO time.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes (pays only on free cores with heavy aggregates).",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(["stop", "skip"]),
+    default="stop",
+    show_default=True,
+    help="After a finding, stop that stream's replay or carry on.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the state timeline as Parquet here (findings beside it).",
+)
+@_clean_errors
+def fold(
+    lake: Path,
+    aggregate: str,
+    streams: tuple[str, ...],
+    stream_prefix: str | None,
+    as_of: str | None,
+    workers: int,
+    on_error: Literal["stop", "skip"],
+    out: Path | None,
+) -> None:
+    """Replay the lake through a production aggregate: state after every event, and findings."""
+    from esworkbench.fold import replay
+
+    result = replay(
+        lake,
+        aggregate,
+        streams=streams or None,
+        stream_prefix=stream_prefix,
+        as_of=_position_or_time(as_of),
+        workers=workers,
+        on_error=on_error,
+        progress=True,
+    )
+    timeline, findings = result.timeline, result.findings
+    streams_seen = timeline["stream_name"].n_unique() if timeline.height else 0
+    click.echo(
+        f"replayed {timeline.height:,} events of {streams_seen:,} streams through "
+        f"{aggregate}: {findings.height:,} findings"
+    )
+    for kind, count in findings.group_by("kind").len().sort("kind").iter_rows():
+        click.echo(f"  {kind}: {count:,}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        findings_path = out.with_name(out.stem + ".findings.parquet")
+        timeline.write_parquet(out)
+        findings.write_parquet(findings_path)
+        click.echo(f"wrote {out} and {findings_path}")
