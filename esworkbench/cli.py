@@ -19,6 +19,7 @@ from esworkbench.errors import EsWorkbenchError
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+_DEMO_LAKE = Path("data/lake/demo.duckdb")
 
 
 def _clean_errors(fn: F) -> F:
@@ -269,3 +270,26 @@ def fold(
         timeline.write_parquet(out)
         findings.write_parquet(findings_path)
         click.echo(f"wrote {out} and {findings_path}")
+
+
+@main.command()
+@click.option(
+    "--lake",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("data/lake/demo.duckdb"),
+    show_default=True,
+)
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("reports"),
+    show_default=True,
+)
+@click.option("--users", type=click.IntRange(min=20), default=75, show_default=True)
+@_clean_errors
+def demo(lake: Path, out_dir: Path, users: int) -> None:
+    """Dev server + sample ledger -> lake -> balance-timeline report; prints the HTML path."""
+    from esworkbench.demo import run_demo
+
+    replace = lake == _DEMO_LAKE  # the demo's own lake is rebuilt; any other is never deleted
+    run_demo(lake=lake, out_dir=out_dir, users=users, replace=replace, say=click.echo)
