@@ -23,3 +23,53 @@ def esdb_uri() -> Iterator[str]:
 
     with start() as server:
         yield server.uri
+
+
+# -- the event lake (tests/test_lake.py, test_sources_*.py, test_sync*.py) ---------------------
+
+
+@pytest.fixture(scope="session")
+def small_ledger():  # type: ignore[no-untyped-def]
+    """A small sample ledger with two anomalies of every kind (about 700 events)."""
+    from esworkbench.sample import generate
+
+    return generate(users=40, seed=5, days=30)
+
+
+@pytest.fixture
+def lake(tmp_path):  # type: ignore[no-untyped-def]
+    """A new, empty lake in the test's temporary directory (closed afterwards)."""
+    from esworkbench.lake import Lake
+
+    with Lake(tmp_path / "lake.duckdb") as opened:
+        yield opened
+
+
+@pytest.fixture
+def make_event():  # type: ignore[no-untyped-def]
+    """A factory of raw events (RAW_SCHEMA dicts) with JSON payloads by default.
+
+    make_event(position, stream="user-1", revision=0, event_type="Made", data={...} or bytes,
+    metadata=b"" or dict, content_type=..., event_id=...)
+    """
+    import json
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    def build(position: int, *, stream: str = "user-1", revision: int = 0,
+              event_type: str = "Made", data: object = None, metadata: object = b"",
+              content_type: str = "application/json", event_id: str | None = None,
+              created: datetime | None = None) -> dict[str, object]:
+        payload = data if isinstance(data, bytes) else json.dumps(
+            {"n": position} if data is None else data).encode()
+        meta = metadata if isinstance(metadata, bytes) else json.dumps(metadata).encode()
+        return {
+            "commit_position": position, "prepare_position": position, "stream_name": stream,
+            "stream_revision": revision,
+            "event_id": event_id or str(uuid.uuid5(uuid.NAMESPACE_OID, f"{stream}/{position}")),
+            "event_type": event_type,
+            "created": created or datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=position),
+            "content_type": content_type, "data": payload, "metadata": meta,
+        }
+
+    return build

@@ -1,0 +1,222 @@
+"""Benchmark: EventStoreDB (dev server) -> event lake, fast and plain readers in the same run.
+
+    python bench/sync.py                       # 1,000,000 events
+    python bench/sync.py --events 1000000 3000000
+    python bench/sync.py --events 100000 --readers fast
+
+For each size: a dev server runs in its own process, holding a sample ledger of about that many
+events (seeded straight into its store, no gRPC). Each sync runs in a fresh client process so
+that its CPU time and peak RSS are its own. Printed per reader:
+
+- events/s end to end (server read -> decode -> DuckDB commit);
+- client CPU per event (user + sys of the client process, DuckDB threads included): this does
+  not depend on how fast the server is, and the Python dev server is slow (~30k events/s);
+- peak RSS of the client process (should be set by the batch size, not the lake size);
+- an incremental sync after adding 1% new events (its time should be ~1% of the full sync's).
+
+Prints figures, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+EVENTS_PER_USER_DAY = 0.78  # measured on the sample generator (90 days)
+DAYS = 90
+
+
+# -- server process ---------------------------------------------------------------------------
+
+
+def _seed(store: Any, users: int, seed: int) -> int:
+    from esworkbench.devserver.store import ANY, ProposedEvent
+    from esworkbench.sample import generate
+
+    ledger = generate(users=users, seed=seed, days=DAYS)
+    for first, stop, _raw in ledger.batches():
+        store.append(
+            ledger.stream_name[first],
+            ANY,
+            [
+                ProposedEvent(
+                    ledger.event_id[i],
+                    ledger.event_type[i],
+                    ledger.content_type[i] == "application/json",
+                    ledger.metadata[i],
+                    ledger.data[i],
+                )
+                for i in range(first, stop)
+            ],
+        )
+    return len(ledger)
+
+
+def serve(events: int) -> None:
+    """Run a dev server with ~`events` sample events; answer 'append N' on stdin."""
+    import gc
+
+    from esworkbench.devserver import DevServer
+
+    gc.disable()  # millions of long-lived objects, no cycles
+    server = DevServer().start()
+    users = max(2, round(events / EVENTS_PER_USER_DAY / DAYS))
+    count = _seed(server.store, users, seed=1)
+    gc.freeze()
+    print(json.dumps({"uri": server.uri, "events": count}), flush=True)
+    seed = 2
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd and cmd[0] == "append":
+            n = int(cmd[1])
+            added = _seed(server.store, max(2, round(n / EVENTS_PER_USER_DAY / DAYS)), seed)
+            seed += 1
+            print(json.dumps({"added": added}), flush=True)
+        elif cmd and cmd[0] == "quit":
+            break
+    server.stop()
+
+
+# -- client process ---------------------------------------------------------------------------
+
+
+def client(uri: str, lake_path: str, reader: str, batch_size: int) -> None:
+    """One sync in this process; print its figures as JSON."""
+    from esworkbench.lake import Lake, sync
+    from esworkbench.sources.esdb import EsdbSource
+
+    source = EsdbSource(uri, reader=reader)  # type: ignore[arg-type]
+    with Lake(lake_path) as lake:
+        before = os.times()
+        t0 = time.perf_counter()
+        result = sync(source, lake, batch_size=batch_size)
+        wall = time.perf_counter() - t0
+        after = os.times()
+        rows = lake.summary().events
+    cpu = (after.user - before.user) + (after.system - before.system)
+    n = result.events + result.rejected + result.duplicates
+    print(
+        json.dumps(
+            {
+                "reader": reader,
+                "events": n,
+                "lake_events": rows,
+                "wall": wall,
+                "cpu": cpu,
+                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "outcome": result.outcome,
+            }
+        ),
+        flush=True,
+    )
+
+
+def _run_client(uri: str, lake: Path, reader: str, batch_size: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--client", uri, str(lake), reader, str(batch_size)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _line(label: str, r: dict[str, Any]) -> str:
+    per_event = r["cpu"] / r["events"] * 1e6 if r["events"] else float("nan")
+    rate = r["events"] / r["wall"] if r["wall"] else float("nan")
+    return (
+        f"  {label:<22} {r['events']:>10,} events  {r['wall']:7.1f} s  {rate:>9,.0f} ev/s  "
+        f"client CPU {r['cpu']:7.1f} s = {per_event:6.2f} us/event  "
+        f"peak RSS {r['rss_mb']:6.0f} MB"
+    )
+
+
+def bench(events: int, readers: list[str], batch_size: int, workdir: Path) -> None:
+    print(f"\n== {events:,} events (batch size {batch_size:,}) ==", flush=True)
+    t0 = time.perf_counter()
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(events)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdin is not None and server.stdout is not None
+        info = json.loads(server.stdout.readline())
+        print(
+            f"  dev server with {info['events']:,} events ready in "
+            f"{time.perf_counter() - t0:.0f} s ({info['uri']})",
+            flush=True,
+        )
+        full: dict[str, dict[str, Any]] = {}
+        for reader in readers:
+            lake = workdir / f"lake-{events}-{reader}.duckdb"
+            lake.unlink(missing_ok=True)
+            full[reader] = _run_client(info["uri"], lake, reader, batch_size)
+            print(_line(f"{reader} full sync", full[reader]), flush=True)
+        if len(readers) == 2 and all(r in full for r in ("fast", "plain")):
+            ratio = (full["fast"]["cpu"] / full["fast"]["events"]) / (
+                full["plain"]["cpu"] / full["plain"]["events"]
+            )
+            print(f"  fast/plain client CPU per event: {ratio:.2f}", flush=True)
+        server.stdin.write(f"append {max(1, events // 100)}\n")
+        server.stdin.flush()
+        added = json.loads(server.stdout.readline())["added"]
+        print(f"  appended {added:,} new events (1%)", flush=True)
+        for reader in readers:
+            lake = workdir / f"lake-{events}-{reader}.duckdb"
+            inc = _run_client(info["uri"], lake, reader, batch_size)
+            share = inc["wall"] / full[reader]["wall"] * 100
+            print(
+                _line(f"{reader} incremental", inc) + f"  ({share:.1f}% of full time)", flush=True
+            )
+        size = sum((workdir / f"lake-{events}-{r}.duckdb").stat().st_size for r in readers[:1])
+        print(f"  lake file: {size / 2**20:,.0f} MB", flush=True)
+        server.stdin.write("quit\n")
+        server.stdin.flush()
+        server.wait(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--readers", default="fast,plain")
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--workdir", type=Path, default=HERE / "out")
+    parser.add_argument("--keep", action="store_true", help="keep the lakes")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve is not None:
+        serve(args.serve)
+        return
+    if args.client is not None:
+        uri, lake, reader, batch_size = args.client
+        client(uri, lake, reader, int(batch_size))
+        return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    for n in args.events:
+        bench(n, args.readers.split(","), args.batch_size, args.workdir)
+    if not args.keep:
+        for lake in args.workdir.glob("lake-*.duckdb*"):
+            lake.unlink()
+        shutil.rmtree(args.workdir / "tmp", ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
