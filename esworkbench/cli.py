@@ -293,3 +293,138 @@ def demo(lake: Path, out_dir: Path, users: int) -> None:
 
     replace = lake == _DEMO_LAKE  # the demo's own lake is rebuilt; any other is never deleted
     run_demo(lake=lake, out_dir=out_dir, users=users, replace=replace, say=click.echo)
+
+
+def _filter_options(fn: F) -> F:
+    """The event filters shared by sync and export (see esworkbench.sources.EventFilter)."""
+    options = [
+        click.option("--stream", "streams", multiple=True, help="Exact stream name (repeatable)."),
+        click.option("--stream-prefix", help="Streams whose name starts with this."),
+        click.option("--stream-regex", help="Streams whose name matches this (RE2) regex."),
+        click.option("--category", help="Streams of this category (name before the first '-')."),
+        click.option(
+            "--event-type", "event_types", multiple=True, help="Stored event type (repeatable)."
+        ),
+        click.option(
+            "--from-position", type=click.IntRange(min=0), help="First commit position (inclusive)."
+        ),
+        click.option(
+            "--to-position", type=click.IntRange(min=0), help="Last commit position (inclusive)."
+        ),
+        click.option("--since", help="Written at or after this ISO 8601 time (UTC if naive)."),
+        click.option("--until", help="Written before this ISO 8601 time (UTC if naive)."),
+        click.option(
+            "--include-system",
+            is_flag=True,
+            default=None,
+            help="Keep system events ($metadata, $streamDeleted, ...).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    """The filter options actually given on the command line."""
+    return {key: value for key, value in options.items() if value not in (None, ())}
+
+
+@main.command()
+@click.option(
+    "--uri",
+    envvar="ESWORKBENCH_ESDB_URI",
+    help="EventStoreDB connection string (esdb://host:port?tls=false).",
+)
+@click.option(
+    "--archive",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Or a JSONL(.gz)/Parquet archive of events.",
+)
+@click.option(
+    "--lake",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="ESWORKBENCH_LAKE",
+    required=True,
+    help="The DuckDB lake file (created when missing).",
+)
+@click.option(
+    "--reader",
+    type=click.Choice(["fast", "plain"]),
+    default=None,
+    help="fast: lean protobuf decoding (default); plain: esdbclient's read_all.",
+)
+@click.option("--follow", is_flag=True, help="Keep syncing new events until Ctrl-C.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Events per batch and transaction (memory grows with it).",
+)
+@_filter_options
+@_clean_errors
+def sync(
+    uri: str | None,
+    archive: Path | None,
+    lake: Path,
+    reader: str | None,
+    follow: bool,
+    batch_size: int | None,
+    **filters: Any,
+) -> None:
+    """Copy new events from EventStoreDB (or an archive) into the lake, exactly once."""
+    from esworkbench.config import Settings
+    from esworkbench.lake import Lake, SyncInterrupted
+    from esworkbench.lake import sync as sync_into
+    from esworkbench.sources import EventFilter, open_source
+
+    if (uri is None) == (archive is None):
+        raise click.UsageError("give exactly one of --uri URI or --archive PATH")
+    settings = Settings.load(esdb_uri=uri, lake=lake, reader=reader, batch_size=batch_size)
+    location = settings.esdb_uri or str(archive)
+    source = open_source(
+        location, reader=settings.reader, filter=EventFilter.of(**_given(filters)), follow=follow
+    )
+    settings.lake.parent.mkdir(parents=True, exist_ok=True)
+    with Lake(settings.lake) as opened:
+        try:
+            result = sync_into(source, opened, batch_size=settings.batch_size, progress=True)
+        except SyncInterrupted as stopped:
+            click.echo(stopped.result.summary())
+            click.echo("interrupted: the lake is consistent; run the same command to resume")
+            raise SystemExit(130) from None
+    click.echo(result.summary())
+
+
+@main.command()
+@click.option(
+    "--lake",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="ESWORKBENCH_LAKE",
+    required=True,
+    help="The lake to export from.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="An archive (.jsonl, .jsonl.gz, .parquet), or a directory with --partitioned.",
+)
+@click.option(
+    "--partitioned",
+    is_flag=True,
+    help="Parquet partitioned by category and month (hive layout) into the --out dir.",
+)
+@_filter_options
+@_clean_errors
+def export(lake: Path, out: Path, partitioned: bool, **filters: Any) -> None:
+    """Write lake events out: a compliance archive that sync reads back, or partitioned Parquet."""
+    from esworkbench.lake import Lake
+
+    options = _given(filters)
+    with Lake(lake, read_only=True) as opened:
+        if partitioned:
+            written = opened.export_parquet(out, **options)
+        else:
+            written = opened.export_archive(out, **options)
+    click.echo(f"wrote {written}")

@@ -8,11 +8,14 @@ import socket
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 from click.testing import CliRunner
 from esdbclient import EventStoreDBClient, NewEvent, StreamState
+from polars.testing import assert_frame_equal
 
 from esworkbench.cli import main
+from esworkbench.lake import Lake
 
 
 def _free_port() -> int:
@@ -29,7 +32,7 @@ def test_help_lists_the_stages() -> None:
         assert f"  {stage} " in commands, stage
 
 
-def test_devserver_serves_until_sigterm(tmp_path: object) -> None:
+def test_devserver_serves_until_sigterm() -> None:
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "esworkbench", "devserver", "--port", str(port)],
@@ -80,3 +83,88 @@ def test_unreachable_server_is_a_clear_error_without_the_password() -> None:
     assert "s3cret" not in result.output
     assert "esdb://admin:***@127.0.0.1" in result.output
     assert "server is running" in result.output
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "ledger.jsonl.gz"
+
+
+def test_sync_archive_then_again_adds_nothing(tmp_path: Path) -> None:
+    runner = CliRunner()
+    lake = str(tmp_path / "lake.duckdb")
+    first = runner.invoke(main, ["sync", "--archive", str(SAMPLE), "--lake", lake])
+    assert first.exit_code == 0, first.output
+    assert re.search(r"sync ok: 5,124 events added, 6 rejected", first.output)
+    again = runner.invoke(main, ["sync", "--archive", str(SAMPLE), "--lake", lake])
+    assert again.exit_code == 0, again.output
+    assert "sync ok: 0 events added, 0 rejected" in again.output
+
+
+def test_sync_from_eventstoredb_with_filters(esdb_uri: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    seeded = runner.invoke(main, ["seed", "--uri", esdb_uri, "--users", "20", "--seed", "5"])
+    assert seeded.exit_code == 0, seeded.output
+    lake = tmp_path / "lake.duckdb"
+    args = [
+        "sync",
+        "--uri",
+        esdb_uri,
+        "--lake",
+        str(lake),
+        "--event-type",
+        "UserCreated",
+        "--reader",
+        "plain",
+    ]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    with Lake(lake, read_only=True) as opened:
+        types = set(opened.read_events()["event_type"].unique())
+    assert types == {"UserCreated"}
+
+
+def test_export_round_trips_through_sync(tmp_path: Path) -> None:
+    runner = CliRunner()
+    lake, copy = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    archive = tmp_path / "out" / "export.jsonl.gz"
+    assert (
+        runner.invoke(main, ["sync", "--archive", str(SAMPLE), "--lake", str(lake)]).exit_code == 0
+    )
+    exported = runner.invoke(main, ["export", "--lake", str(lake), "--out", str(archive)])
+    assert exported.exit_code == 0, exported.output
+    assert (
+        runner.invoke(main, ["sync", "--archive", str(archive), "--lake", str(copy)]).exit_code == 0
+    )
+    with Lake(lake, read_only=True) as a, Lake(copy, read_only=True) as b:
+        assert_frame_equal(a.read_events(), b.read_events())
+        assert a.read_rejected().height == b.read_rejected().height == 6
+    parts = runner.invoke(
+        main,
+        [
+            "export",
+            "--lake",
+            str(lake),
+            "--out",
+            str(tmp_path / "p"),
+            "--partitioned",
+            "--category",
+            "user",
+        ],
+    )
+    assert parts.exit_code == 0, parts.output
+    assert list((tmp_path / "p").glob("category=user/month=*/*.parquet"))
+
+
+def test_sync_needs_exactly_one_source(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["sync", "--lake", str(tmp_path / "x.duckdb")], env={"ESWORKBENCH_ESDB_URI": None}
+    )
+    assert result.exit_code == 2
+    assert "exactly one of --uri" in result.output
+
+
+def test_sync_from_unreachable_server_masks_the_password(tmp_path: Path) -> None:
+    uri = f"esdb://admin:s3cret@127.0.0.1:{_free_port()}?tls=false"
+    result = CliRunner().invoke(main, ["sync", "--uri", uri, "--lake", str(tmp_path / "x.duckdb")])
+    assert result.exit_code == 1
+    assert "s3cret" not in result.output
+    assert "admin:***@127.0.0.1" in result.output
