@@ -72,7 +72,7 @@ class SyncResult:
 
         Example:
             >>> r = SyncResult(1, "jsonl x.jsonl", "file:x", None, 42, 10, 1, 0, 1, 0.5, "ok")
-            >>> print(r.summary().replace("; ", ";\n"))
+            >>> print(r.summary().replace("; ", ";\\n"))
             sync ok: 10 events added, 1 rejected, 0 already in the lake;
             checkpoint start -> 42;
             0.5 s (22 events/s) from jsonl x.jsonl
@@ -274,6 +274,8 @@ def sync(
         daemon=True,
     )
     producer.start()
+    syncing = lake._syncing(batch_size)
+    syncing.__enter__()
     try:
         while True:
             if stop is not None and stop.is_set():
@@ -309,6 +311,7 @@ def sync(
     except BaseException as e:
         outcome, error = "failed", e
     finally:
+        syncing.__exit__(None, None, None)
         halt.set()
         if isinstance(source, SupportsCancel):
             # best effort: the reader thread is a daemon either way

@@ -22,6 +22,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 _DEMO_LAKE = Path("data/lake/demo.duckdb")
 
 
+def _lake_option(help: str, *, exists: bool = False) -> Callable[[F], F]:
+    """--lake PATH, required, from ESWORKBENCH_LAKE when not given."""
+    return click.option(
+        "--lake",
+        type=click.Path(exists=exists, dir_okay=False, path_type=Path),
+        envvar="ESWORKBENCH_LAKE",
+        required=True,
+        help=f"{help} Default: $ESWORKBENCH_LAKE.",
+    )
+
+
 def _clean_errors(fn: F) -> F:
     """Turn the workbench's own errors into a click error (message, exit 1, no traceback)."""
 
@@ -118,13 +129,7 @@ def seed(out: Path | None, uri: str | None, users: int, seed_value: int, days: i
 
 @main.command()
 @click.argument("name")
-@click.option(
-    "--lake",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="ESWORKBENCH_LAKE",
-    required=True,
-    help="The lake the notebook reads (ESWORKBENCH_LAKE).",
-)
+@_lake_option("The lake the notebook reads (ESWORKBENCH_LAKE).")
 @click.option(
     "-p",
     "--parameter",
@@ -196,13 +201,7 @@ def _position_or_time(value: str | None) -> int | datetime | None:
 
 
 @main.command()
-@click.option(
-    "--lake",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="ESWORKBENCH_LAKE",
-    required=True,
-    help="The lake to replay (ESWORKBENCH_LAKE).",
-)
+@_lake_option("The lake to replay (ESWORKBENCH_LAKE).")
 @click.option(
     "--aggregate",
     default="esworkbench.examples.bank:User",
@@ -341,13 +340,7 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Or a JSONL(.gz)/Parquet archive of events.",
 )
-@click.option(
-    "--lake",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="ESWORKBENCH_LAKE",
-    required=True,
-    help="The DuckDB lake file (created when missing).",
-)
+@_lake_option("The DuckDB lake file (created when missing).")
 @click.option(
     "--reader",
     type=click.Choice(["fast", "plain"]),
@@ -397,13 +390,7 @@ def sync(
 
 
 @main.command()
-@click.option(
-    "--lake",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    envvar="ESWORKBENCH_LAKE",
-    required=True,
-    help="The lake to export from.",
-)
+@_lake_option("The lake to export from.", exists=True)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
