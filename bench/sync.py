@@ -95,12 +95,15 @@ def client(uri: str, lake_path: str, reader: str, batch_size: int) -> None:
     from esworkbench.sources.esdb import EsdbSource
 
     source = EsdbSource(uri, reader=reader)  # type: ignore[arg-type]
+    # Measured: opening the lake, the sync and closing the lake (its last checkpoint), so the
+    # figures include everything the lake costs; not the imports.
+    before = os.times()
+    t0 = time.perf_counter()
     with Lake(lake_path) as lake:
-        before = os.times()
-        t0 = time.perf_counter()
         result = sync(source, lake, batch_size=batch_size)
-        wall = time.perf_counter() - t0
-        after = os.times()
+    wall = time.perf_counter() - t0
+    after = os.times()
+    with Lake(lake_path, read_only=True) as lake:
         rows = lake.summary().events
     cpu = (after.user - before.user) + (after.system - before.system)
     n = result.events + result.rejected + result.duplicates

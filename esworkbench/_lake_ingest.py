@@ -131,11 +131,10 @@ class IngestCounts:
     duplicates: int = 0
 
 
-_OCCURRED = f'$."{OCCURRED_AT_KEY}"'
 
 # One pass over the Arrow batch: decode, validate, find ids already in the lake. `_seen` is the
 # uniqueness probe: a semi-join that builds on the batch's ids and scans the lake's id column.
-_STAGE = """
+_STAGE_SQL = """
 CREATE OR REPLACE TEMP TABLE _staged AS
 WITH raw AS (
     SELECT r.*,
@@ -146,8 +145,7 @@ WITH raw AS (
     FROM _raw r
 ),
 in_batch AS (  -- ids that occur more than once in this batch (rare: a small table)
-    SELECT lower(event_id) AS key, min(commit_position) AS first_position FROM _raw
-    GROUP BY 1 HAVING count(*) > 1
+    {in_batch}
 ),
 seen AS (
     SELECT event_id AS id, min(commit_position) AS seen_at FROM events
@@ -170,7 +168,7 @@ checked AS (
                OR (meta_text IS NOT NULL AND NOT json_valid(meta_text)) AS bad_meta
     FROM raw
     LEFT JOIN seen ON seen.id = raw.id
-    LEFT JOIN in_batch b ON b.key = lower(raw.event_id)
+    LEFT JOIN in_batch b ON b.id = raw.id
     LEFT JOIN seen_rejected sr
            ON sr.commit_position = raw.commit_position AND sr.event_id = raw.event_id
 )
@@ -200,16 +198,22 @@ SELECT *,
 FROM checked
 """
 
+# The derived columns come from one parse of the metadata.
+_META_FIELDS = json.dumps({OCCURRED_AT_KEY: "VARCHAR", "$correlationId": "VARCHAR",
+                           "$causationId": "VARCHAR"})
+# Ids repeat within a batch so rarely that the grouping is only run when Arrow saw a repeat.
+_IN_BATCH = ("SELECT id, min(commit_position) AS first_position FROM raw "
+             "WHERE id IS NOT NULL GROUP BY id HAVING count(*) > 1")
+_NO_REPEATS = "SELECT NULL::UUID AS id, NULL::UBIGINT AS first_position WHERE false"
+
 _INSERT_EVENTS = f"""
 INSERT INTO events
 SELECT commit_position, prepare_position, stream_name, stream_revision, id, event_type,
-       created, content_type, data_text, meta_text,
-       split_part(stream_name, '-', 1),
-       coalesce(try_cast(try(json_extract_string(meta_text, '{_OCCURRED}')) AS TIMESTAMPTZ),
-                created),
-       try(json_extract_string(meta_text, '$."$correlationId"')),
-       try(json_extract_string(meta_text, '$."$causationId"'))
-FROM _staged WHERE reason IS NULL AND NOT redelivered
+       created, content_type, data_text, meta_text, split_part(stream_name, '-', 1),
+       coalesce(try_cast(m['{OCCURRED_AT_KEY}'] AS TIMESTAMPTZ), created),
+       m['$correlationId'], m['$causationId']
+FROM (SELECT *, try(json_transform(meta_text, '{_META_FIELDS}')) AS m FROM _staged
+      WHERE reason IS NULL AND NOT redelivered)
 """
 
 _INSERT_REJECTED = """
@@ -263,8 +267,6 @@ def _refine_json_reasons(con: duckdb.DuckDBPyConnection) -> None:
 def _drop_repeats(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
     """Rows repeated within one batch (same id, same position) once; how many were dropped."""
     n = batch.num_rows
-    if pc.count_distinct(batch.column("event_id")).as_py() == n:
-        return batch, 0
     table = pa.Table.from_batches([batch]).append_column("_row", pa.array(range(n), pa.int64()))
     first = (
         table.group_by(["event_id", "commit_position"], use_threads=False)
@@ -282,6 +284,7 @@ def ingest_batch(
     source_key: str,
     run_id: int,
     checkpoint: int | None,
+    fields: _lake_views.FieldState,
 ) -> IngestCounts:
     """Decode `batch` into the lake and move the source's checkpoint, in one transaction.
 
@@ -289,14 +292,17 @@ def ingest_batch(
     at a batch boundary: what is committed matches its checkpoint.
     """
     counts = IngestCounts()
-    batch, counts.duplicates = _drop_repeats(batch)
+    repeats = batch.num_rows > 0 and pc.count_distinct(
+        pc.utf8_lower(batch.column("event_id"))).as_py() < batch.num_rows
+    if repeats:
+        batch, counts.duplicates = _drop_repeats(batch)
     registered = False
     q(con, "BEGIN TRANSACTION")
     try:
         if batch.num_rows:
             con.register("_raw", batch)
             registered = True
-            q(con, _STAGE)
+            q(con, _STAGE_SQL.format(in_batch=_IN_BATCH if repeats else _NO_REPEATS))
             _refine_json_reasons(con)
             ((counts.events, counts.rejected, redelivered),) = rows(
                 con,
@@ -307,7 +313,7 @@ def ingest_batch(
             counts.duplicates += redelivered
             if counts.events:
                 q(con, _INSERT_EVENTS)
-                _lake_views.update_after_insert(con)
+                _lake_views.update_after_insert(con, fields)
             if counts.rejected:
                 q(con, _INSERT_REJECTED, [source_key, run_id])
             q(con, "DROP TABLE _staged")
@@ -328,6 +334,7 @@ def ingest_batch(
         )
         q(con, "COMMIT")
     except BaseException:
+        fields.rows = None  # it may hold what is being rolled back
         # the transaction may already be gone (e.g. the connection was interrupted)
         with contextlib.suppress(duckdb.Error):
             q(con, "ROLLBACK")

@@ -26,7 +26,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-__all__ = ["DDL", "ENVELOPE_COLUMNS", "infer_type", "update_after_insert", "view_name"]
+__all__ = ["DDL", "ENVELOPE_COLUMNS", "FieldState", "infer_type", "update_after_insert",
+           "view_name"]
 
 # Per event type and JSON path, the inference state: which JSON kinds occurred, and for the
 # values examined as text (paths that held strings), whether all were plain decimal numbers,
@@ -166,24 +167,32 @@ def _settled(s: dict[str, Any]) -> bool:
 
 
 _NOT_CHECKED = (0, 0, 0, 0, 0, None, None)
+_Key = tuple[str, tuple[str, ...]]  # (event type, keys of the path)
 
 
-def _check_strings(
-    con: duckdb.DuckDBPyConnection, checks: dict[tuple[str, tuple[str, ...]], dict[str, Any]]
-) -> dict[tuple[str, tuple[str, ...]], tuple[Any, ...]]:
-    """For each (event type, path) asked for: (values, plain numbers, with a fraction,
-    timestamps, dates, largest scale, largest integer digits) among the batch's events.
+class FieldState:
+    """The committed `_payload_fields` rows, cached for the length of a sync (the lake drops
+    the cache whenever a transaction fails, so it never holds what was rolled back)."""
 
-    One query and one json_transform per event for the whole batch (the union of the paths,
-    grouped by event type); a test is only run where it can still change the path's type
-    (strings that were ever not numbers are not tested for numbers again)."""
-    paths = sorted({keys for _, keys in checks})
-    need: dict[tuple[str, ...], set[str]] = {}
-    for (_, keys), state in checks.items():
-        wanted = need.setdefault(keys, set())
-        for flag in ("all_numeric", "all_timestamp", "all_date"):
-            if state[flag] is not False:
-                wanted.add(flag)
+    def __init__(self) -> None:
+        self.rows: dict[_Key, dict[str, Any]] | None = None
+
+    def load(self, con: duckdb.DuckDBPyConnection) -> dict[_Key, dict[str, Any]]:
+        if self.rows is None:
+            cur = con.execute("SELECT * FROM _payload_fields")
+            names = [d[0] for d in cur.description]
+            self.rows = {}
+            for r in cur.fetchall():
+                row = dict(zip(names, r, strict=True))
+                self.rows[(row["event_type"], tuple(json.loads(row["path"])))] = row
+        return self.rows
+
+
+def _tests(paths: list[tuple[str, ...]], need: dict[tuple[str, ...], set[str]]
+           ) -> tuple[str, str, str, str]:
+    """SQL pieces that examine the text of each path's values: the struct to json_transform
+    into, the value columns, the per-value tests (run once each), and the aggregates (seven
+    per path: values, plain numbers, with a fraction, timestamps, dates, scale, digits)."""
     structure: dict[str, Any] = {}
     for keys in paths:
         node = structure
@@ -199,7 +208,6 @@ def _check_strings(
         f"p{''.join(f'[{_literal(k)}]' for k in keys)}::VARCHAR AS v{i}"
         for i, keys in enumerate(paths)
     )
-    # Each test runs once per value in the inner select; the aggregates only read its flags.
     tests, aggregates = [], []
     for i, keys in enumerate(paths):
         v, wanted = f"v{i}", need[keys]
@@ -218,58 +226,120 @@ def _check_strings(
             f"max(CASE WHEN n{i} THEN (CASE WHEN p{i} > 0 THEN p{i} - 1 ELSE l{i} END) - m{i} "
             f"END)"
         )
-    found = con.execute(
-        f"SELECT event_type, {', '.join(aggregates)} FROM (SELECT event_type, {', '.join(tests)} "
+    return json.dumps(structure), values, ", ".join(tests), ", ".join(aggregates)
+
+
+def _needs(checks: dict[_Key, dict[str, Any]]) -> dict[tuple[str, ...], set[str]]:
+    # A test is only run where it can still change the path's type: strings that were ever
+    # not numbers are not tested for numbers again.
+    need: dict[tuple[str, ...], set[str]] = {}
+    for (_, keys), state in checks.items():
+        wanted = need.setdefault(keys, set())
+        for flag in ("all_numeric", "all_timestamp", "all_date"):
+            if state[flag] is not False:
+                wanted.add(flag)
+    return need
+
+
+def _add(found: dict[_Key, list[Any]], key: _Key, row: tuple[Any, ...]) -> None:
+    """Merge one group's seven figures into the running figures of (event type, path)."""
+    acc = found.get(key)
+    if acc is None:
+        acc = found[key] = [0, 0, 0, 0, 0, None, None]
+    for i in range(5):  # sums are NULL over groups without values
+        acc[i] += row[i] or 0
+    acc[5], acc[6] = _max(acc[5], row[5]), _max(acc[6], row[6])
+
+
+def _scan(con: duckdb.DuckDBPyConnection, checks: dict[_Key, dict[str, Any]]
+          ) -> tuple[list[tuple[str, str]], dict[_Key, list[Any]]]:
+    """One pass over the batch's new events: their shapes (json_structure per event type) and
+    the text figures of the paths in `checks`, in the same query."""
+    paths = sorted({keys for _, keys in checks})
+    types = sorted({t for t, _ in checks})
+    if not paths:
+        shapes = con.execute(f"SELECT event_type, json_structure(data_text) FROM _staged "
+                             f"WHERE {_ACCEPTED} GROUP BY ALL").fetchall()
+        return [(t, st) for t, st in shapes], {}
+    structure, values, tests, aggregates = _tests(paths, _needs(checks))
+    rows = con.execute(
+        f"SELECT event_type, st, {aggregates} FROM (SELECT event_type, st, {tests} FROM "
+        f"(SELECT event_type, st, {values} FROM (SELECT event_type, "
+        f"json_structure(data_text) AS st, CASE WHEN list_contains(?, event_type) THEN "
+        f"json_transform(data_text, {_literal(structure)}) END AS p FROM _staged "
+        f"WHERE {_ACCEPTED}))) GROUP BY event_type, st",
+        [types],
+    ).fetchall()
+    found: dict[_Key, list[Any]] = {}
+    for row in rows:
+        for i, keys in enumerate(paths):
+            if (row[0], keys) in checks:
+                _add(found, (row[0], keys), row[2 + i * 7 : 2 + (i + 1) * 7])
+    return [(r[0], r[1]) for r in rows], found
+
+
+def _check_strings(con: duckdb.DuckDBPyConnection, checks: dict[_Key, dict[str, Any]]
+                   ) -> dict[_Key, list[Any]]:
+    """The text figures of paths that showed strings for the first time in this batch."""
+    paths = sorted({keys for _, keys in checks})
+    structure, values, tests, aggregates = _tests(paths, _needs(checks))
+    rows = con.execute(
+        f"SELECT event_type, {aggregates} FROM (SELECT event_type, {tests} "
         f"FROM (SELECT event_type, {values} FROM (SELECT event_type, "
-        f"json_transform(data_text, {_literal(json.dumps(structure))}) AS p FROM _staged "
+        f"json_transform(data_text, {_literal(structure)}) AS p FROM _staged "
         f"WHERE {_ACCEPTED} AND list_contains(?, event_type)))) GROUP BY event_type",
         [sorted({t for t, _ in checks})],
     ).fetchall()
-    out: dict[tuple[str, tuple[str, ...]], tuple[Any, ...]] = {}
-    for row in found:
+    found: dict[_Key, list[Any]] = {}
+    for row in rows:
         for i, keys in enumerate(paths):
-            out[(row[0], keys)] = tuple(row[1 + i * 7 : 1 + (i + 1) * 7])
-    return out
+            if (row[0], keys) in checks:
+                _add(found, (row[0], keys), row[1 + i * 7 : 1 + (i + 1) * 7])
+    return found
 
 
 def _merge_flag(old: bool | None, new: bool) -> bool:
     return new if old is None else old and new
 
 
-def update_after_insert(con: duckdb.DuckDBPyConnection) -> None:
-    """Merge the batch's payload shapes into the inference state; rebuild changed views."""
-    shapes = con.execute(
-        f"SELECT event_type, json_structure(data_text) FROM _staged WHERE {_ACCEPTED} GROUP BY ALL"
-    ).fetchall()
-    batch: dict[tuple[str, str], set[str]] = {}
+def _blank(key: _Key) -> dict[str, Any]:
+    return {"event_type": key[0], "path": json.dumps(list(key[1])), "kinds": "",
+            **dict.fromkeys(_STATE[1:])}
+
+
+def _wants_text(state: dict[str, Any]) -> bool:
+    return "string" in state["kinds"] and not _settled(state)
+
+
+def update_after_insert(con: duckdb.DuckDBPyConnection, cache: FieldState) -> None:
+    """Merge the batch's payload shapes into the inference state; rebuild changed views.
+
+    Usually one query: the paths whose text needs examining are known from earlier batches;
+    only paths showing strings for the first time take a second query."""
+    stored = cache.load(con)
+    expected = {key: state for key, state in stored.items() if _wants_text(state)}
+    shapes, found = _scan(con, expected)
+    batch: dict[_Key, set[str]] = {}
     for event_type, structure in shapes:
         for keys, kind in _leaves(json.loads(structure)):
-            batch.setdefault((event_type, json.dumps(list(keys))), set()).add(kind)
-    types = sorted({t for t, _ in batch})
-    cur = con.execute("SELECT * FROM _payload_fields WHERE list_contains(?, event_type)", [types])
-    names = [d[0] for d in cur.description]
-    stored = {(r[0], r[1]): dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+            batch.setdefault((event_type, keys), set()).add(kind)
 
-    merged: dict[tuple[str, str], dict[str, Any]] = {}
-    checks: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+    merged: dict[_Key, dict[str, Any]] = {}
+    late: dict[_Key, dict[str, Any]] = {}
     for key, kinds in batch.items():
-        old = stored.get(key) or {
-            "event_type": key[0],
-            "path": key[1],
-            "kinds": "",
-            **dict.fromkeys(_STATE[1:]),
-        }
+        old = stored.get(key) or _blank(key)
         new = dict(old)
         new["kinds"] = ",".join(sorted(set(filter(None, old["kinds"].split(","))) | kinds))
         merged[key] = new
-        if "string" in new["kinds"] and kinds & {"string", "int", "double"} and not _settled(old):
-            checks[(key[0], tuple(json.loads(key[1])))] = old
-    found = _check_strings(con, checks) if checks else {}
-    for event_type, keys in checks:
-        n, numeric, fraction, ts, date, scale, digits = found.get((event_type, keys), _NOT_CHECKED)
-        if not n:
+        if (key not in expected and "string" in new["kinds"]
+                and kinds & {"string", "int", "double"} and not _settled(old)):
+            late[key] = old
+    if late:
+        found |= _check_strings(con, late)
+    for key, (n, numeric, fraction, ts, date, scale, digits) in found.items():
+        if not n or key not in merged:
             continue
-        m = merged[(event_type, json.dumps(list(keys)))]
+        m = merged[key]
         # A test that was not run (its flag was already False) counts 0: the flag stays False.
         m["all_numeric"] = _merge_flag(m["all_numeric"], numeric == n)
         m["any_fraction"] = bool(m["any_fraction"]) or fraction > 0
@@ -284,6 +354,7 @@ def update_after_insert(con: duckdb.DuckDBPyConnection) -> None:
         before = stored.get(key)
         if before is None or any(before[c] != m[c] for c in _STATE):
             changes.append(m)
+            stored[key] = m
     if not changes:
         return
     con.register("_field_updates", pa.Table.from_pylist(changes, schema=_FIELDS_SCHEMA))
@@ -294,14 +365,9 @@ def update_after_insert(con: duckdb.DuckDBPyConnection) -> None:
     finally:
         con.unregister("_field_updates")
     for event_type in sorted({m["event_type"] for m in changes}):
-        fields = con.execute(
-            "SELECT path, sql_type FROM _payload_fields WHERE event_type = ? "
-            "AND sql_type IS NOT NULL",
-            [event_type],
-        ).fetchall()
-        con.execute(
-            _view_sql(event_type, [(tuple(json.loads(p)), t) for p, t in fields])
-        ).fetchall()
+        fields = [(keys, s["sql_type"]) for (t, keys), s in stored.items()
+                  if t == event_type and s["sql_type"] is not None]
+        con.execute(_view_sql(event_type, fields)).fetchall()
 
 
 def _max(a: int | None, b: int | None) -> int | None:

@@ -129,7 +129,7 @@ def seed(out: Path | None, uri: str | None, users: int, seed_value: int, days: i
 
 @main.command()
 @click.argument("name")
-@_lake_option("The lake the notebook reads (ESWORKBENCH_LAKE).")
+@_lake_option("The lake the notebook reads.")
 @click.option(
     "-p",
     "--parameter",
@@ -201,7 +201,7 @@ def _position_or_time(value: str | None) -> int | datetime | None:
 
 
 @main.command()
-@_lake_option("The lake to replay (ESWORKBENCH_LAKE).")
+@_lake_option("The lake to replay.")
 @click.option(
     "--aggregate",
     default="esworkbench.examples.bank:User",

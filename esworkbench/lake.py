@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
@@ -61,6 +62,13 @@ _ENVELOPE_SELECT = ", ".join(
     for name in ENVELOPE_SCHEMA.names
 )
 _DIGEST_VERSION = "lake-v1"
+# DuckDB's row group size: a checkpoint per this many new rows writes each group about once.
+_ROW_GROUP_SIZE = 122_880
+_SYNC_CHECKPOINT_THRESHOLD = "1GB"
+# DuckDB's memory during a sync: enough for a row group awaiting its checkpoint and a batch
+# being decoded, whatever the size of the lake.
+_SYNC_MEMORY_FLOOR = 256 * 2**20
+_SYNC_MEMORY_PER_EVENT = 8 * 2**10
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,6 +121,8 @@ class Lake:
     def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        self._unflushed = 0
+        self._fields = _lake_views.FieldState()
         if read_only and not self.path.exists():
             raise LakeError(
                 f"no lake at {self.path}: sync into it first (esworkbench sync --lake PATH ...)"
@@ -185,7 +195,40 @@ class Lake:
             [outcome, error, run_id],
         )
 
+    @contextlib.contextmanager
+    def _syncing(self, batch_size: int) -> Iterator[None]:
+        """Storage settings for a sync.
+
+        DuckDB checkpoints (compresses the WAL's rows into the file) every 16 MiB of WAL by
+        default, which during a bulk sync rewrites the same partly filled row group again and
+        again (a third of the sync's CPU); instead the sync checkpoints once per row group's
+        worth of rows (`_ingest`), keeping DuckDB's own trigger as a safety net. And DuckDB
+        keeps every block it has read cached up to 80% of RAM: during a sync its memory is
+        capped to what the batches need, so memory follows the batch size, not the lake."""
+        ((threshold, limit),) = rows(
+            self._con,
+            "SELECT current_setting('checkpoint_threshold'), current_setting('memory_limit')",
+        )
+        cap = max(_SYNC_MEMORY_FLOOR, batch_size * _SYNC_MEMORY_PER_EVENT)
+        q(self._con, f"SET checkpoint_threshold = '{_SYNC_CHECKPOINT_THRESHOLD}'")
+        q(self._con, f"SET memory_limit = '{cap // 2**20}MB'")
+        self._unflushed = 0
+        try:
+            yield
+        finally:
+            q(self._con, f"SET checkpoint_threshold = '{threshold}'")
+            q(self._con, f"SET memory_limit = '{limit}'")
+
     def _ingest(self, batch: SourceBatch, *, source_key: str, run_id: int) -> IngestCounts:
+        counts = self._ingest_batch(batch, source_key=source_key, run_id=run_id)
+        self._unflushed += counts.events + counts.rejected
+        if self._unflushed >= _ROW_GROUP_SIZE:
+            self._unflushed = 0
+            with contextlib.suppress(duckdb.Error):  # busy: DuckDB's own trigger will do it
+                q(self._con, "CHECKPOINT")
+        return counts
+
+    def _ingest_batch(self, batch: SourceBatch, *, source_key: str, run_id: int) -> IngestCounts:
         events = batch.events
         if events.schema != RAW_SCHEMA:
             try:
@@ -195,7 +238,12 @@ class Lake:
                     f"source {source_key!r} sent a batch that is not RAW_SCHEMA ({e})"
                 ) from e
         return _lake_ingest.ingest_batch(
-            self._con, events, source_key=source_key, run_id=run_id, checkpoint=batch.checkpoint
+            self._con,
+            events,
+            source_key=source_key,
+            run_id=run_id,
+            checkpoint=batch.checkpoint,
+            fields=self._fields,
         )
 
     # -- positions and bookkeeping --------------------------------------------------------
