@@ -198,7 +198,12 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--readers", default="fast,plain")
-    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="events per batch (default: the library's DEFAULT_BATCH_SIZE)",
+    )
     parser.add_argument("--workdir", type=Path, default=HERE / "out")
     parser.add_argument("--keep", action="store_true", help="keep the lakes")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -211,6 +216,10 @@ def main() -> None:
         uri, lake, reader, batch_size = args.client
         client(uri, lake, reader, int(batch_size))
         return
+    if args.batch_size is None:
+        from esworkbench.lake import DEFAULT_BATCH_SIZE
+
+        args.batch_size = DEFAULT_BATCH_SIZE
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     for n in args.events:

@@ -26,8 +26,14 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-__all__ = ["DDL", "ENVELOPE_COLUMNS", "FieldState", "infer_type", "update_after_insert",
-           "view_name"]
+__all__ = [
+    "DDL",
+    "ENVELOPE_COLUMNS",
+    "FieldState",
+    "infer_type",
+    "update_after_insert",
+    "view_name",
+]
 
 # Per event type and JSON path, the inference state: which JSON kinds occurred, and for the
 # values examined as text (paths that held strings), whether all were plain decimal numbers,
@@ -188,8 +194,9 @@ class FieldState:
         return self.rows
 
 
-def _tests(paths: list[tuple[str, ...]], need: dict[tuple[str, ...], set[str]]
-           ) -> tuple[str, str, str, str]:
+def _tests(
+    paths: list[tuple[str, ...]], need: dict[tuple[str, ...], set[str]]
+) -> tuple[str, str, str, str]:
     """SQL pieces that examine the text of each path's values: the struct to json_transform
     into, the value columns, the per-value tests (run once each), and the aggregates (seven
     per path: values, plain numbers, with a fraction, timestamps, dates, scale, digits)."""
@@ -251,15 +258,18 @@ def _add(found: dict[_Key, list[Any]], key: _Key, row: tuple[Any, ...]) -> None:
     acc[5], acc[6] = _max(acc[5], row[5]), _max(acc[6], row[6])
 
 
-def _scan(con: duckdb.DuckDBPyConnection, checks: dict[_Key, dict[str, Any]]
-          ) -> tuple[list[tuple[str, str]], dict[_Key, list[Any]]]:
+def _scan(
+    con: duckdb.DuckDBPyConnection, checks: dict[_Key, dict[str, Any]]
+) -> tuple[list[tuple[str, str]], dict[_Key, list[Any]]]:
     """One pass over the batch's new events: their shapes (json_structure per event type) and
     the text figures of the paths in `checks`, in the same query."""
     paths = sorted({keys for _, keys in checks})
     types = sorted({t for t, _ in checks})
     if not paths:
-        shapes = con.execute(f"SELECT event_type, json_structure(data_text) FROM _staged "
-                             f"WHERE {_ACCEPTED} GROUP BY ALL").fetchall()
+        shapes = con.execute(
+            f"SELECT event_type, json_structure(data_text) FROM _staged "
+            f"WHERE {_ACCEPTED} GROUP BY ALL"
+        ).fetchall()
         return [(t, st) for t, st in shapes], {}
     structure, values, tests, aggregates = _tests(paths, _needs(checks))
     rows = con.execute(
@@ -278,8 +288,9 @@ def _scan(con: duckdb.DuckDBPyConnection, checks: dict[_Key, dict[str, Any]]
     return [(r[0], r[1]) for r in rows], found
 
 
-def _check_strings(con: duckdb.DuckDBPyConnection, checks: dict[_Key, dict[str, Any]]
-                   ) -> dict[_Key, list[Any]]:
+def _check_strings(
+    con: duckdb.DuckDBPyConnection, checks: dict[_Key, dict[str, Any]]
+) -> dict[_Key, list[Any]]:
     """The text figures of paths that showed strings for the first time in this batch."""
     paths = sorted({keys for _, keys in checks})
     structure, values, tests, aggregates = _tests(paths, _needs(checks))
@@ -303,8 +314,12 @@ def _merge_flag(old: bool | None, new: bool) -> bool:
 
 
 def _blank(key: _Key) -> dict[str, Any]:
-    return {"event_type": key[0], "path": json.dumps(list(key[1])), "kinds": "",
-            **dict.fromkeys(_STATE[1:])}
+    return {
+        "event_type": key[0],
+        "path": json.dumps(list(key[1])),
+        "kinds": "",
+        **dict.fromkeys(_STATE[1:]),
+    }
 
 
 def _wants_text(state: dict[str, Any]) -> bool:
@@ -331,8 +346,12 @@ def update_after_insert(con: duckdb.DuckDBPyConnection, cache: FieldState) -> No
         new = dict(old)
         new["kinds"] = ",".join(sorted(set(filter(None, old["kinds"].split(","))) | kinds))
         merged[key] = new
-        if (key not in expected and "string" in new["kinds"]
-                and kinds & {"string", "int", "double"} and not _settled(old)):
+        if (
+            key not in expected
+            and "string" in new["kinds"]
+            and kinds & {"string", "int", "double"}
+            and not _settled(old)
+        ):
             late[key] = old
     if late:
         found |= _check_strings(con, late)
@@ -365,8 +384,11 @@ def update_after_insert(con: duckdb.DuckDBPyConnection, cache: FieldState) -> No
     finally:
         con.unregister("_field_updates")
     for event_type in sorted({m["event_type"] for m in changes}):
-        fields = [(keys, s["sql_type"]) for (t, keys), s in stored.items()
-                  if t == event_type and s["sql_type"] is not None]
+        fields = [
+            (keys, s["sql_type"])
+            for (t, keys), s in stored.items()
+            if t == event_type and s["sql_type"] is not None
+        ]
         con.execute(_view_sql(event_type, fields)).fetchall()
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gzip
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
@@ -33,12 +32,19 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from esworkbench import _lake_ingest, _lake_views
+from esworkbench import _lake_export, _lake_ingest, _lake_views
 from esworkbench._lake_ingest import IngestCounts, q, rows
-from esworkbench._lake_sync import SyncInterrupted, SyncProgress, SyncResult, TqdmProgress, sync
+from esworkbench._lake_sync import (
+    DEFAULT_BATCH_SIZE,
+    SyncInterrupted,
+    SyncProgress,
+    SyncResult,
+    TqdmProgress,
+    sync,
+)
 from esworkbench.errors import LakeError
 from esworkbench.events import ENVELOPE_SCHEMA, RAW_SCHEMA
-from esworkbench.sources import SYSTEM_EVENT_TYPE_REGEX, EventFilter, SourceBatch
+from esworkbench.sources import EventFilter, SourceBatch
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,6 +53,7 @@ if TYPE_CHECKING:
     from esworkbench.sources import FilterOptions
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "EventFilter",
     "Lake",
     "LakeSummary",
@@ -57,10 +64,7 @@ __all__ = [
     "sync",
 ]
 
-_ENVELOPE_SELECT = ", ".join(
-    "event_id::VARCHAR AS event_id" if name == "event_id" else name
-    for name in ENVELOPE_SCHEMA.names
-)
+_ENVELOPE_SELECT = _lake_export.ENVELOPE_SELECT
 _DIGEST_VERSION = "lake-v1"
 # DuckDB's row group size: a checkpoint per this many new rows writes each group about once.
 _ROW_GROUP_SIZE = 122_880
@@ -123,6 +127,8 @@ class Lake:
         self.read_only = read_only
         self._unflushed = 0
         self._fields = _lake_views.FieldState()
+        self._ids: _lake_ingest.IdIndex | None = None
+        self._sync_memory = "256MB"
         if read_only and not self.path.exists():
             raise LakeError(
                 f"no lake at {self.path}: sync into it first (esworkbench sync --lake PATH ...)"
@@ -204,20 +210,29 @@ class Lake:
         again (a third of the sync's CPU); instead the sync checkpoints once per row group's
         worth of rows (`_ingest`), keeping DuckDB's own trigger as a safety net. And DuckDB
         keeps every block it has read cached up to 80% of RAM: during a sync its memory is
-        capped to what the batches need, so memory follows the batch size, not the lake."""
-        ((threshold, limit),) = rows(
+        capped to what the batches need, so memory follows the batch size, not the lake.
+        Last, the reading thread (gRPC and decoding, in Python) needs a core of its own, so
+        DuckDB gets the others: per-batch queries are small, and on a small machine a second
+        DuckDB thread only contends with the reader."""
+        ((threshold, limit, threads),) = rows(
             self._con,
-            "SELECT current_setting('checkpoint_threshold'), current_setting('memory_limit')",
+            "SELECT current_setting('checkpoint_threshold'), current_setting('memory_limit'), "
+            "current_setting('threads')",
         )
         cap = max(_SYNC_MEMORY_FLOOR, batch_size * _SYNC_MEMORY_PER_EVENT)
+        self._sync_memory = f"{cap // 2**20}MB"
         q(self._con, f"SET checkpoint_threshold = '{_SYNC_CHECKPOINT_THRESHOLD}'")
-        q(self._con, f"SET memory_limit = '{cap // 2**20}MB'")
+        q(self._con, f"SET memory_limit = '{self._sync_memory}'")
+        q(self._con, f"SET threads = {max(1, (os.cpu_count() or 2) - 1)}")
         self._unflushed = 0
+        self._ids = _lake_ingest.IdIndex.load(self._con)
         try:
             yield
         finally:
+            self._ids = None  # 8 bytes per event: not kept between syncs
             q(self._con, f"SET checkpoint_threshold = '{threshold}'")
             q(self._con, f"SET memory_limit = '{limit}'")
+            q(self._con, f"SET threads = {threads}")
 
     def _ingest(self, batch: SourceBatch, *, source_key: str, run_id: int) -> IngestCounts:
         counts = self._ingest_batch(batch, source_key=source_key, run_id=run_id)
@@ -226,6 +241,10 @@ class Lake:
             self._unflushed = 0
             with contextlib.suppress(duckdb.Error):  # busy: DuckDB's own trigger will do it
                 q(self._con, "CHECKPOINT")
+                # The blocks just written stay cached until memory runs short; dropping them
+                # now keeps the sync's memory flat however large the lake grows.
+                q(self._con, "SET memory_limit = '32MB'")
+                q(self._con, f"SET memory_limit = '{self._sync_memory}'")
         return counts
 
     def _ingest_batch(self, batch: SourceBatch, *, source_key: str, run_id: int) -> IngestCounts:
@@ -244,6 +263,7 @@ class Lake:
             run_id=run_id,
             checkpoint=batch.checkpoint,
             fields=self._fields,
+            ids=self._ids if self._ids is not None else _lake_ingest.IdIndex.load(self._con),
         )
 
     # -- positions and bookkeeping --------------------------------------------------------
@@ -268,41 +288,7 @@ class Lake:
     # -- reading events -------------------------------------------------------------------
 
     def _where(self, f: EventFilter) -> tuple[str, list[Any]]:
-        conds: list[str] = []
-        params: list[Any] = []
-        if f.streams:
-            conds.append(f"stream_name IN ({', '.join('?' * len(f.streams))})")
-            params += list(f.streams)
-        if f.stream_prefix is not None:
-            conds.append("starts_with(stream_name, ?)")
-            params.append(f.stream_prefix)
-        if f.stream_regex is not None:
-            conds.append("regexp_matches(stream_name, ?)")
-            params.append(f.stream_regex)
-        if f.category is not None:
-            conds.append("category = ?")
-            params.append(f.category)
-        if f.event_types:
-            conds.append(f"event_type IN ({', '.join('?' * len(f.event_types))})")
-            params += list(f.event_types)
-        if f.from_position is not None:
-            conds.append("commit_position >= ?")
-            params.append(f.from_position)
-        if f.to_position is not None:
-            conds.append("commit_position <= ?")
-            params.append(f.to_position)
-        if f.since is not None:
-            conds.append("created >= ?")
-            params.append(f.since)
-        if f.until is not None:
-            conds.append("created < ?")
-            params.append(f.until)
-        if not f.include_system:
-            conds.append(
-                "NOT (event_type[1] IN ('$', 'P') AND "
-                f"regexp_full_match(event_type, '{SYSTEM_EVENT_TYPE_REGEX[1:-1]}'))"
-            )
-        return (" WHERE " + " AND ".join(conds) if conds else ""), params
+        return _lake_export.where_sql(f)
 
     def _events_sql(self, f: EventFilter) -> tuple[str, list[Any]]:
         where, params = self._where(f)
@@ -525,19 +511,9 @@ class Lake:
             >>> lake.export_parquet("data/lake/parquet")                  # doctest: +SKIP
         """
         filters.setdefault("include_system", True)
-        out = Path(out_dir)
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise LakeError(f"{out} is not empty; pass overwrite=True to replace it")
-        out.mkdir(parents=True, exist_ok=True)
-        where, params = self._where(EventFilter.of(**filters))
-        q(
-            self._con,
-            f"COPY (SELECT {_ENVELOPE_SELECT}, strftime(created, '%Y-%m') AS month "
-            f"FROM events{where} ORDER BY commit_position) TO '{_sql_path(out)}' "
-            "(FORMAT parquet, PARTITION_BY (category, month), OVERWRITE_OR_IGNORE true)",
-            params,
+        return _lake_export.export_parquet(
+            self._con, Path(out_dir), EventFilter.of(**filters), overwrite=overwrite
         )
-        return out
 
     def export_archive(
         self,
@@ -548,7 +524,8 @@ class Lake:
         **filters: Unpack[FilterOptions],
     ) -> Path:
         """Write events back out as a RAW_SCHEMA archive (the compliance export) that
-        `esworkbench.sources.files.open_archive` reads: `.jsonl`, `.jsonl.gz` or `.parquet`.
+        `esworkbench.sources.files.open_archive` reads: `.jsonl`, `.jsonl.gz` or `.parquet`
+        (or as `format` says).
 
         Rejected events are included by default with their original bytes, so syncing the
         archive into a new lake rebuilds `events` and `_rejected` alike. Filters as for
@@ -561,75 +538,9 @@ class Lake:
         filters.setdefault("include_system", True)
         out = Path(path)
         fmt = format or ("parquet" if out.suffix == ".parquet" else "jsonl")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        where, params = self._where(EventFilter.of(**filters))
-        raw_cols = (
-            "commit_position, prepare_position, stream_name, stream_revision, "
-            "{id} AS event_id, event_type, created, content_type, {data} AS data, "
-            "{meta} AS metadata"
+        return _lake_export.export_archive(
+            self._con, out, EventFilter.of(**filters), fmt=fmt, include_rejected=include_rejected
         )
-        parts = [
-            "SELECT "
-            + raw_cols.format(
-                id="event_id::VARCHAR", data="encode(data)", meta="encode(coalesce(metadata, ''))"
-            )
-            + f" FROM events{where}"
-        ]
-        if include_rejected:
-            parts.append(
-                "SELECT "
-                + raw_cols.format(id="event_id", data="data", meta="metadata")
-                + f" FROM _rejected{where.replace('category = ?', _CATEGORY_SQL)}"
-            )
-            params = params + params
-        sql = " UNION ALL ".join(parts) + " ORDER BY commit_position, event_id"
-        tmp = out.with_name(out.name + ".partial")
-        if fmt == "parquet":
-            q(self._con, f"COPY ({sql}) TO '{_sql_path(tmp)}' (FORMAT parquet)", params)
-        else:
-            self._write_jsonl(sql, params, tmp, gz=out.suffix == ".gz")
-        tmp.replace(out)  # never leave a half-written archive under the real name
-        return out
-
-    def _write_jsonl(self, sql: str, params: list[Any], path: Path, *, gz: bool) -> None:
-        # The archive format of events.archive_line, built in SQL: text payloads as JSON
-        # strings, non-UTF-8 bytes as base64, `created` as ISO 8601 with a trailing Z.
-        line = (
-            "SELECT json_object('commit_position', commit_position, 'prepare_position', "
-            "prepare_position, 'stream_name', stream_name, 'stream_revision', stream_revision, "
-            "'event_id', event_id, 'event_type', event_type, 'created', "
-            "strftime(created, '%Y-%m-%dT%H:%M:%S.%fZ'), 'content_type', content_type) AS head, "
-            "try(decode(data)) AS d, try(decode(metadata)) AS m, data, metadata "
-            f"FROM ({sql})"
-        )
-        body = (
-            "SELECT rtrim(head::VARCHAR, '}') || "
-            "CASE WHEN d IS NULL THEN ',\"data_base64\":' || to_json(to_base64(data)) "
-            "     ELSE ',\"data\":' || to_json(d) END || "
-            "CASE WHEN m IS NULL THEN ',\"metadata_base64\":' || to_json(to_base64(metadata)) "
-            "     ELSE ',\"metadata\":' || to_json(m) END || '}' AS line "
-            f"FROM ({line})"
-        )
-        cursor = self._con.cursor()
-        try:
-            q(cursor, "SET TimeZone = 'UTC'")
-            rel = cursor.sql(body, params=params)
-            assert rel is not None
-            opener: Any = gzip.open if gz else open
-            with opener(path, "wt", encoding="utf-8", newline="\n") as fh:
-                for batch in rel.to_arrow_reader(50_000):
-                    for text in batch.column(0).to_pylist():
-                        fh.write(text)
-                        fh.write("\n")
-        finally:
-            cursor.close()
-
-
-_CATEGORY_SQL = "split_part(stream_name, '-', 1) = ?"
-
-
-def _sql_path(path: Path) -> str:
-    return str(path).replace("'", "''")
 
 
 def _filter_args(scope: dict[str, Any]) -> dict[str, Any]:

@@ -56,20 +56,35 @@ def make_event():  # type: ignore[no-untyped-def]
     import uuid
     from datetime import UTC, datetime, timedelta
 
-    def build(position: int, *, stream: str = "user-1", revision: int = 0,
-              event_type: str = "Made", data: object = None, metadata: object = b"",
-              content_type: str = "application/json", event_id: str | None = None,
-              created: datetime | None = None) -> dict[str, object]:
-        payload = data if isinstance(data, bytes) else json.dumps(
-            {"n": position} if data is None else data).encode()
+    def build(
+        position: int,
+        *,
+        stream: str = "user-1",
+        revision: int = 0,
+        event_type: str = "Made",
+        data: object = None,
+        metadata: object = b"",
+        content_type: str = "application/json",
+        event_id: str | None = None,
+        created: datetime | None = None,
+    ) -> dict[str, object]:
+        payload = (
+            data
+            if isinstance(data, bytes)
+            else json.dumps({"n": position} if data is None else data).encode()
+        )
         meta = metadata if isinstance(metadata, bytes) else json.dumps(metadata).encode()
         return {
-            "commit_position": position, "prepare_position": position, "stream_name": stream,
+            "commit_position": position,
+            "prepare_position": position,
+            "stream_name": stream,
             "stream_revision": revision,
             "event_id": event_id or str(uuid.uuid5(uuid.NAMESPACE_OID, f"{stream}/{position}")),
             "event_type": event_type,
             "created": created or datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=position),
-            "content_type": content_type, "data": payload, "metadata": meta,
+            "content_type": content_type,
+            "data": payload,
+            "metadata": meta,
         }
 
     return build

@@ -57,6 +57,31 @@ def test_a_new_lake_is_empty_but_readable(lake: Lake) -> None:
     assert lake.read_rejected().height == 0
 
 
+def test_a_lake_held_by_another_process_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "held.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, duckdb; c = duckdb.connect(sys.argv[1]); "
+            "print('ready', flush=True); sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(LakeError, match="Another process may hold it open"):
+            Lake(path)
+    finally:
+        holder.communicate("")
+
+
 def test_read_only_lakes_refuse_to_sync_and_must_exist(tmp_path: Path, make_event: Any) -> None:
     with pytest.raises(LakeError, match="no lake at"):
         Lake(tmp_path / "missing.duckdb", read_only=True)
@@ -187,6 +212,37 @@ def test_a_reused_event_id_at_another_position_is_rejected(lake: Lake, make_even
         same,
         "7f9619ff-8b86-d011-b42d-00c04fc964ff",
     ]
+
+
+def test_a_reused_event_id_is_caught_across_batches_of_one_sync(
+    lake: Lake, make_event: Any
+) -> None:
+    same = "8f9619ff-8b86-d011-b42d-00c04fc964ff"
+    events = [
+        make_event(1),
+        make_event(2, event_id=same),
+        make_event(3),
+        make_event(4, stream="user-2", event_id=same),
+    ]
+    result = sync(source(events), lake, batch_size=1)
+    assert (result.events, result.rejected) == (3, 1) and result.batches >= 4
+    assert lake.read_rejected()["commit_position"].to_list() == [4]
+
+
+def test_the_id_index_answers_like_a_set() -> None:
+    import numpy as np
+
+    from esworkbench._lake_ingest import IdIndex
+
+    rng = np.random.default_rng(1)
+    known = rng.integers(0, 2**63, 50_000, dtype=np.uint64)
+    index = IdIndex(known[:30_000])
+    for start in range(30_000, 50_000, 1_000):
+        index.add(known[start : start + 1_000])
+    fresh = rng.integers(0, 2**63, 5_000, dtype=np.uint64)
+    assert index.contains(known).all() and len(index) == 50_000
+    assert not index.contains(fresh[~np.isin(fresh, known)]).any()
+    assert not IdIndex(np.empty(0, dtype=np.uint64)).contains(fresh).any()
 
 
 def test_redelivery_is_harmless(lake: Lake, make_event: Any) -> None:
