@@ -197,7 +197,8 @@ class EsdbSource:
 
         Example:
             >>> src = EsdbSource(server.uri)                              # doctest: +SKIP
-            >>> sum(b.events.num_rows for b in src.read_batches(None, batch_size=1000))
+            >>> batches = src.read_batches(None, batch_size=1000)       # doctest: +SKIP
+            >>> sum(b.events.num_rows for b in batches)                   # doctest: +SKIP
             1234
         """
         if batch_size <= 0:
