@@ -148,9 +148,20 @@ class IdIndex:
 
     @classmethod
     def load(cls, con: duckdb.DuckDBPyConnection) -> IdIndex:
-        # sorted by DuckDB, inside its memory cap: no second copy on this side
-        found = con.execute("SELECT hash(event_id) AS h FROM events ORDER BY h").fetchnumpy()
-        return cls(np.asarray(found.pop("h"), dtype=np.uint64), is_sorted=True)
+        # Streamed into one preallocated array and sorted in place: the peak is the index plus
+        # one chunk, not several copies of it.
+        ((count,),) = con.execute("SELECT count(*) FROM events").fetchall()
+        hashes = np.empty(count, dtype=np.uint64)
+        filled = 0
+        relation = con.sql("SELECT hash(event_id) AS h FROM events")
+        assert relation is not None
+        for chunk in relation.to_arrow_reader(1 << 20):
+            values = chunk.column(0).to_numpy()
+            hashes[filled : filled + len(values)] = values
+            filled += len(values)
+        hashes = hashes[:filled]
+        hashes.sort()
+        return cls(hashes, is_sorted=True)
 
     def __len__(self) -> int:
         return len(self._main) + sum(len(r) for r in self._runs)
