@@ -230,6 +230,10 @@ class Lake:
             yield
         finally:
             self._ids = None  # 8 bytes per event: not kept between syncs
+            # The last rows are checkpointed under the sync's memory cap; otherwise the next
+            # commit would do it with the cap lifted, and DuckDB then caches all it touches.
+            if self._unflushed:
+                self._flush()
             q(self._con, f"SET checkpoint_threshold = '{threshold}'")
             q(self._con, f"SET memory_limit = '{limit}'")
             q(self._con, f"SET threads = {threads}")
@@ -238,14 +242,18 @@ class Lake:
         counts = self._ingest_batch(batch, source_key=source_key, run_id=run_id)
         self._unflushed += counts.events + counts.rejected
         if self._unflushed >= _ROW_GROUP_SIZE:
-            self._unflushed = 0
-            with contextlib.suppress(duckdb.Error):  # busy: DuckDB's own trigger will do it
-                q(self._con, "CHECKPOINT")
-                # The blocks just written stay cached until memory runs short; dropping them
-                # now keeps the sync's memory flat however large the lake grows.
-                q(self._con, "SET memory_limit = '32MB'")
-                q(self._con, f"SET memory_limit = '{self._sync_memory}'")
+            self._flush()
         return counts
+
+    def _flush(self) -> None:
+        """Checkpoint the rows synced so far, then drop DuckDB's cached blocks: the blocks
+        just written stay cached until memory runs short, and dropping them now keeps the
+        sync's memory flat however large the lake grows."""
+        self._unflushed = 0
+        with contextlib.suppress(duckdb.Error):  # busy: DuckDB's own trigger will do it
+            q(self._con, "CHECKPOINT")
+            q(self._con, "SET memory_limit = '32MB'")
+            q(self._con, f"SET memory_limit = '{self._sync_memory}'")
 
     def _ingest_batch(self, batch: SourceBatch, *, source_key: str, run_id: int) -> IngestCounts:
         events = batch.events
