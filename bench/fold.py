@@ -25,10 +25,11 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from esworkbench import _fold_engine
-from esworkbench.fold import bank_balances, replay, replay_frame
+from esworkbench.examples.bank.balances import bank_balances
+from esworkbench.examples.bank.sample import generate
+from esworkbench.fold import _engine as _fold_engine
+from esworkbench.fold import replay, replay_frame
 from esworkbench.lake import Lake, sync
-from esworkbench.sample import generate
 from esworkbench.sources import SourceBatch
 
 BANK = "esworkbench.examples.bank:User"

@@ -40,7 +40,7 @@ DAYS = 90
 
 def _seed(store: Any, users: int, seed: int) -> int:
     from esworkbench.devserver.store import ANY, ProposedEvent
-    from esworkbench.sample import generate
+    from esworkbench.examples.bank.sample import generate
 
     ledger = generate(users=users, seed=seed, days=DAYS)
     for first, stop, _raw in ledger.batches():

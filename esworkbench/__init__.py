@@ -27,12 +27,14 @@ from esworkbench.errors import (
     SourceError,
 )
 from esworkbench.events import EventRegistry
-from esworkbench.fold import Replay, bank_balances, replay, state_as_of
+from esworkbench.examples.bank.balances import bank_balances
+from esworkbench.examples.bank.sample import Ledger, generate, write_archive
+from esworkbench.examples.bank.seed import SeedResult, seed_esdb
+from esworkbench.filters import EventFilter
+from esworkbench.fold import Replay, replay, state_as_of
 from esworkbench.lake import Lake, LakeSummary, SyncResult, sync
 from esworkbench.reports import ReportResult, VerifyResult, run_report, verify_manifest
-from esworkbench.sample import Ledger, generate, write_archive
-from esworkbench.seed import SeedResult, seed_esdb
-from esworkbench.sources import EventFilter, EventSource, open_source
+from esworkbench.sources import EventSource, open_source
 
 __all__ = [
     "AggregateRoot",

@@ -78,11 +78,13 @@ class DomainEvent:
 
     @property
     def correlation_id(self) -> str | None:
+        """The ``$correlationId`` of the metadata, if any."""
         value = self.metadata.get(CORRELATION_KEY)
         return None if value is None else str(value)
 
     @property
     def causation_id(self) -> str | None:
+        """The ``$causationId`` of the metadata, if any."""
         value = self.metadata.get(CAUSATION_KEY)
         return None if value is None else str(value)
 
@@ -115,6 +117,7 @@ class AggregateRoot(abc.ABC):
 
     @property
     def stream_name(self) -> str:
+        """The stream this aggregate lives in."""
         return self.stream_name_for(self.id)
 
     @property
@@ -245,8 +248,10 @@ class EncodedEvent(NamedTuple):
 
 
 def encode_event(event: DomainEvent, registry: EventRegistry) -> EncodedEvent:
-    """A DomainEvent as the repository writes it: payload JSON, and metadata JSON with the
-    payload's ``schemaVersion`` added (the event's own metadata keys first, in order).
+    """A DomainEvent as the repository writes it.
+
+    Payload JSON, and metadata JSON with the payload's ``schemaVersion`` added (the event's own
+    metadata keys first, in order).
 
     Example:
         >>> from esworkbench.examples.bank import BalanceDeposited, registry
@@ -276,8 +281,10 @@ def decode_event(
     data: bytes | str,
     metadata: bytes | str,
 ) -> DomainEvent:
-    """A stored event back as a DomainEvent: metadata parsed, payload upcast from its
-    ``schemaVersion`` (absent = 1) and decoded by the registry.
+    """A stored event back as a DomainEvent.
+
+    Metadata parsed, payload upcast from its ``schemaVersion`` (absent = 1) and decoded by the
+    registry.
 
     Raises UnknownEventTypeError or PayloadDecodeError (both EventError) for what the registry
     cannot read.
@@ -316,7 +323,7 @@ _LAST_EVENT = re.compile(r"last event is (\d+)")
 class EventStoreRepository(Generic[A]):
     """Saves and loads aggregates of one class in EventStoreDB, with optimistic concurrency.
 
-    esdbclient is imported when the repository is built, so ``import esworkbench`` stays light.
+    Esdbclient is imported when the repository is built, so ``import esworkbench`` stays light.
     Pass a URI (the repository opens and closes its own client) or an esdbclient client.
 
     Example:
@@ -349,8 +356,9 @@ class EventStoreRepository(Generic[A]):
         return self.aggregate_class.stream_name_for(aggregate_id)
 
     def save(self, aggregate: A) -> int | None:
-        """Append the aggregate's uncommitted events, expecting the stream at the version it was
-        loaded at; then mark them committed.
+        """Append the aggregate's uncommitted events, then mark them committed.
+
+        The append expects the stream at the version the aggregate was loaded at.
 
         Returns the commit position of the last event written (None if there was nothing to
         write). Raises ConcurrencyError if another writer moved the stream first; the
@@ -367,8 +375,9 @@ class EventStoreRepository(Generic[A]):
     def append_events(
         self, stream_name: str, events: Sequence[DomainEvent], *, expected_version: int
     ) -> int:
-        """Append already-built events (ids preserved) expecting the stream at
-        `expected_version` (-1: no stream). One append call: all or nothing.
+        """Append already-built events (ids preserved) in one call: all or nothing.
+
+        The append expects the stream at `expected_version` (-1: no stream).
 
         Rewriting events with the same ids at the same place is a no-op that succeeds (the
         server's idempotent append), so a retried or repeated write never duplicates.
@@ -383,8 +392,9 @@ class EventStoreRepository(Generic[A]):
     def append_encoded(
         self, stream_name: str, events: Sequence[EncodedEvent], *, expected_version: int
     ) -> int:
-        """Append events exactly as given (bytes, ids and content types untouched): the raw
-        write path beneath `append_events`, for writers that bypass the aggregate.
+        """Append events exactly as given (bytes, ids and content types untouched).
+
+        The raw write path beneath `append_events`, for writers that bypass the aggregate.
 
         Returns the commit position of the last event; raises ConcurrencyError when the stream
         is not at `expected_version` (-1: no stream).

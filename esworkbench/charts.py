@@ -237,11 +237,12 @@ def balance_small_multiples(
         )
         .properties(width=170, height=80)
     )
-    return (
+    faceted: alt.FacetChart = (
         chart.facet(facet=alt.Facet(f"{series}:N", title=None), columns=columns)
         .resolve_scale(y="independent")
         .properties(title=_title(title, note))
     )
+    return faceted
 
 
 def balance_heatmap(
@@ -290,7 +291,7 @@ def balance_heatmap(
         alt.Tooltip(f"{value}:Q", format=",.2f"),
     ] + [alt.Tooltip("events:Q")] * bool(extra)
     n_series = df[series].n_unique()
-    return (
+    heatmap: alt.Chart = (
         alt.Chart(_inline(data))
         .mark_rect()
         .encode(
@@ -304,6 +305,7 @@ def balance_heatmap(
         )
         .properties(width=760, height=max(60, min(16 * n_series, 900)), title=title)
     )
+    return heatmap
 
 
 def bank_total(

@@ -104,7 +104,7 @@ def seed(out: Path | None, uri: str | None, users: int, seed_value: int, days: i
     if (out is None) == (uri is None):
         raise click.UsageError("give exactly one of --out PATH (an archive) or --uri URI")
     if out is not None:
-        from esworkbench.sample import generate, write_archive
+        from esworkbench.examples.bank.sample import generate, write_archive
 
         ledger = generate(users=users, seed=seed_value, days=days)
         archive, truth = write_archive(ledger, out)
@@ -114,7 +114,7 @@ def seed(out: Path | None, uri: str | None, users: int, seed_value: int, days: i
         )
         return
     from esworkbench.config import Settings
-    from esworkbench.seed import seed_esdb
+    from esworkbench.examples.bank.seed import seed_esdb
 
     uri = Settings.load(esdb_uri=uri).esdb_uri
     assert uri is not None
@@ -295,32 +295,19 @@ def demo(lake: Path, out_dir: Path, users: int) -> None:
 
 
 def _filter_options(fn: F) -> F:
-    """The event filters shared by sync and export (see esworkbench.sources.EventFilter)."""
-    options = [
-        click.option("--stream", "streams", multiple=True, help="Exact stream name (repeatable)."),
-        click.option("--stream-prefix", help="Streams whose name starts with this."),
-        click.option("--stream-regex", help="Streams whose name matches this (RE2) regex."),
-        click.option("--category", help="Streams of this category (name before the first '-')."),
-        click.option(
-            "--event-type", "event_types", multiple=True, help="Stored event type (repeatable)."
-        ),
-        click.option(
-            "--from-position", type=click.IntRange(min=0), help="First commit position (inclusive)."
-        ),
-        click.option(
-            "--to-position", type=click.IntRange(min=0), help="Last commit position (inclusive)."
-        ),
-        click.option("--since", help="Written at or after this ISO 8601 time (UTC if naive)."),
-        click.option("--until", help="Written before this ISO 8601 time (UTC if naive)."),
-        click.option(
-            "--include-system",
-            is_flag=True,
-            default=None,
-            help="Keep system events ($metadata, $streamDeleted, ...).",
-        ),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
+    """The event filters shared by sync and export, one option per `FilterOptions` keyword."""
+    from esworkbench.filters import OPTION_HELP
+
+    for name, help in reversed(OPTION_HELP.items()):
+        flag = "--" + name.replace("_", "-")
+        if name in ("streams", "event_types"):  # repeatable, named in the singular
+            fn = click.option(flag[:-1], name, multiple=True, help=help)(fn)
+        elif name.endswith("_position"):
+            fn = click.option(flag, type=click.IntRange(min=0), help=help)(fn)
+        elif name == "include_system":
+            fn = click.option(flag, is_flag=True, default=None, help=help)(fn)
+        else:
+            fn = click.option(flag, help=help)(fn)
     return fn
 
 
@@ -367,9 +354,10 @@ def sync(
 ) -> None:
     """Copy new events from EventStoreDB (or an archive) into the lake, exactly once."""
     from esworkbench.config import Settings
+    from esworkbench.filters import EventFilter
     from esworkbench.lake import Lake, SyncInterrupted
     from esworkbench.lake import sync as sync_into
-    from esworkbench.sources import EventFilter, open_source
+    from esworkbench.sources import open_source
 
     if (uri is None) == (archive is None):
         raise click.UsageError("give exactly one of --uri URI or --archive PATH")

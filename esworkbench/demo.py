@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from esworkbench.errors import ConfigError
+from esworkbench.examples.bank.seed import SeedResult, seed_esdb
 from esworkbench.lake import Lake, LakeSummary, SyncResult, sync
 from esworkbench.reports import ReportResult, run_report
-from esworkbench.seed import SeedResult, seed_esdb
 from esworkbench.sources import open_source
 
 __all__ = ["DemoResult", "run_demo"]
@@ -45,7 +45,9 @@ def run_demo(
     Args:
         lake: the lake file to (re)build.
         out_dir: parent of ``balance_timeline/<UTC timestamp>/``.
-        users, seed, days: the sample ledger's parameters (see ``sample.generate``).
+        users: the sample ledger's accounts (see ``sample.generate``).
+        seed: the sample ledger's random seed.
+        days: the sample ledger's span in days.
         replace: delete an existing lake at `lake` first. The demo always builds a new
             lake (its dev server is new each run, so an old lake's checkpoint would not apply);
             without `replace`, an existing file is refused rather than destroyed.

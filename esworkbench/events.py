@@ -58,14 +58,7 @@ RAW_SCHEMA = pa.schema(
 # events whose payload is not JSON are kept in the lake's `_rejected` table instead.
 ENVELOPE_SCHEMA = pa.schema(
     [
-        pa.field("commit_position", pa.uint64(), nullable=False),
-        pa.field("prepare_position", pa.uint64(), nullable=False),
-        pa.field("stream_name", pa.string(), nullable=False),
-        pa.field("stream_revision", pa.uint64(), nullable=False),
-        pa.field("event_id", pa.string(), nullable=False),
-        pa.field("event_type", pa.string(), nullable=False),
-        pa.field("created", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("content_type", pa.string(), nullable=False),
+        *(RAW_SCHEMA.field(i) for i in range(RAW_SCHEMA.get_field_index("data"))),
         pa.field("data", pa.string(), nullable=False),
         pa.field("metadata", pa.string(), nullable=True),
         pa.field("category", pa.string(), nullable=False),
@@ -148,9 +141,27 @@ def archive_line(event: Mapping[str, Any]) -> str:
     return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
 
 
+def json_object(text: bytes | str, event_type: str, *, what: str = "payload") -> dict[str, Any]:
+    """Stored JSON text that must hold an object, parsed; anything else is a PayloadDecodeError.
+
+    Example:
+        >>> json_object('{"amount": "5.00"}', "BalanceDeposited")
+        {'amount': '5.00'}
+    """
+    try:
+        value = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PayloadDecodeError(event_type, f"{what} is not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise PayloadDecodeError(
+            event_type, f"{what} is a JSON {type(value).__name__}, not an object"
+        )
+    return value
+
+
 def parse_archive_line(line: str) -> dict[str, Any]:
     """The inverse of `archive_line`: a raw event dict with bytes payloads and a UTC datetime."""
-    obj = json.loads(line)
+    obj: dict[str, Any] = json.loads(line)
     for name in ("data", "metadata"):
         if name + "_base64" in obj:
             obj[name] = base64.b64decode(obj.pop(name + "_base64"))
@@ -165,9 +176,13 @@ class Payload(Protocol):
     """A typed payload: built from a JSON object, turned back into one without loss."""
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Payload: ...
+    def from_json(cls, data: Mapping[str, Any]) -> Payload:
+        """The payload decoded from its stored JSON object (current shape)."""
+        ...
 
-    def to_json(self) -> dict[str, Any]: ...
+    def to_json(self) -> dict[str, Any]:
+        """The payload as the JSON object production stores."""
+        ...
 
 
 P = TypeVar("P", bound=type)
@@ -291,10 +306,7 @@ class EventRegistry:
         """Decode a stored payload (JSON bytes/text or an object) into its payload class."""
         cls = self.class_for(event_type)
         if isinstance(data, bytes | str):
-            try:
-                data = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise PayloadDecodeError(event_type, f"payload is not valid JSON ({e})") from e
+            data = json_object(data, event_type)
         if not isinstance(data, Mapping):
             raise PayloadDecodeError(
                 event_type, f"payload is a JSON {type(data).__name__}, not an object"

@@ -31,7 +31,7 @@ def esdb_uri() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def small_ledger():  # type: ignore[no-untyped-def]
     """A small sample ledger with two anomalies of every kind (about 700 events)."""
-    from esworkbench.sample import generate
+    from esworkbench.examples.bank.sample import generate
 
     return generate(users=40, seed=5, days=30)
 

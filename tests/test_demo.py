@@ -8,8 +8,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from esworkbench.cli import main
+from esworkbench.examples.bank.sample import generate
 from esworkbench.lake import Lake
-from esworkbench.sample import generate
 
 
 def test_demo_builds_lake_and_report(tmp_path: Path) -> None:

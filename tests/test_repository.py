@@ -16,8 +16,8 @@ from esdbclient import EventStoreDBClient
 from esworkbench.aggregates import EventStoreRepository, event_metadata
 from esworkbench.errors import AggregateNotFoundError, ConcurrencyError
 from esworkbench.examples.bank import User, transfer
-from esworkbench.sample import generate
-from esworkbench.seed import seed_esdb, write_esdb
+from esworkbench.examples.bank.sample import generate
+from esworkbench.examples.bank.seed import seed_esdb, write_esdb
 
 
 @pytest.fixture(scope="module")

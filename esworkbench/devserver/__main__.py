@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
+from esworkbench.devserver.messages import DEFAULT_MAX_APPEND_SIZE
 from esworkbench.devserver.server import DEFAULT_PORT, serve_forever
-from esworkbench.devserver.streams import DEFAULT_MAX_APPEND_SIZE
 from esworkbench.errors import DevServerError
 
 

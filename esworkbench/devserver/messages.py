@@ -178,9 +178,9 @@ def deadline_seconds(options: streams_pb2.BatchAppendReq.Options) -> float:
     """Seconds the client allows for this batch (either deadline encoding)."""
     kind = options.WhichOneof("deadline_option")
     if kind == "deadline":
-        return float(options.deadline.seconds) + options.deadline.nanos / 1e9
+        return float(options.deadline.seconds) + float(options.deadline.nanos) / 1e9
     if kind == "deadline_21_10_0":
-        return options.deadline_21_10_0.ToNanoseconds() / 1e9 - time.time()
+        return float(options.deadline_21_10_0.ToNanoseconds()) / 1e9 - time.time()
     return float(UNLIMITED)
 
 

@@ -26,13 +26,14 @@ from esdbclient.protos.Grpc import (
 )
 
 from esworkbench.devserver.log import LOG_FILE_NAME, FileLog, MemoryLog
+from esworkbench.devserver.messages import DEFAULT_MAX_APPEND_SIZE
 from esworkbench.devserver.services import (
     GossipServicer,
     PersistentSubscriptionsServicer,
     ProjectionsServicer,
 )
 from esworkbench.devserver.store import EventStore
-from esworkbench.devserver.streams import DEFAULT_MAX_APPEND_SIZE, StreamsServicer
+from esworkbench.devserver.streams import StreamsServicer
 from esworkbench.errors import DevServerError
 
 _log = logging.getLogger(__name__)

@@ -1,5 +1,8 @@
-"""The small services: Gossip, and what the dev server answers for persistent subscriptions
-and projections (neither is implemented; tooling probes them, so they answer cleanly)."""
+"""The small services.
+
+Gossip, and what the dev server answers for persistent subscriptions and projections (neither is
+implemented; tooling probes them, so they answer cleanly).
+"""
 
 from __future__ import annotations
 

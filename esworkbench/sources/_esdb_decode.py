@@ -153,15 +153,18 @@ def direct_fast(call: Iterator[Any], batch_size: int, subscribe: bool) -> Messag
 def _fill_fast(
     next_message: Callable[[], Any], cols: Columns, batch_size: int, napped: list[bool]
 ) -> tuple[str, int | None]:
-    """The hot loop: protobuf fields straight into lists, no objects per event. Returns why it
-    stopped ("full", "checkpoint", "caught_up" or "end") and the last position seen.
+    """The hot loop.
+
+    Protobuf fields straight into lists, no objects per event. Returns why it stopped ("full",
+    "checkpoint", "caught_up" or "end") and the last position seen.
 
     When the server sends slower than this loop reads, each message costs a wake-up (poll,
     read, signal) dearer than decoding it. So when taking a message had to wait, the loop naps
     briefly and lets messages queue up, then takes them from gRPC's buffer in one go. The
     first take after a nap reads the whole backlog and is slow by nature, so it never triggers
     another nap. Against the Python dev server this halves the client's CPU per event and
-    does not slow the read (the server is the bottleneck either way)."""
+    does not slow the read (the server is the bottleneck either way).
+    """
     commit, prepare, stream = cols.commit.append, cols.prepare.append, cols.stream.append
     revision, ids, types = cols.revision.append, cols.ids.append, cols.types.append
     created, ctype = cols.created.append, cols.content_type.append
@@ -271,9 +274,12 @@ def pump(
     handle: Callable[[Any, Columns], tuple[int | None, bool]],
     batch_size: int,
 ) -> MessageIter:
-    """Follow mode: a thread reads the live subscription into shared columns; this generator
-    hands them out when a batch is full, at checkpoints, or at least every _FLUSH_SECONDS, so
-    a lone live event is committed promptly and a burst still comes in full batches."""
+    """Follow mode.
+
+    A thread reads the live subscription into shared columns; this generator hands them out when a
+    batch is full, at checkpoints, or at least every _FLUSH_SECONDS, so a lone live event is
+    committed promptly and a burst still comes in full batches.
+    """
     cond = threading.Condition()
     state: dict[str, Any] = {
         "cols": Columns(),

@@ -75,9 +75,10 @@ class _BatchedSource:
         raise NotImplementedError
 
     def read_batches(self, after: int | None, *, batch_size: int) -> Iterator[SourceBatch]:
-        """RAW batches of the archive's events with position > `after`; the last batch carries
-        the checkpoint (the largest position in the file). Earlier batches carry none unless
-        the rows are known to be in position order (`ordered`).
+        """RAW batches of the archive's events with position > `after`.
+
+        The last batch carries the checkpoint (the largest position in the file). Earlier batches
+        carry none unless the rows are known to be in position order (`ordered`).
 
         Example:
             >>> for b in open_archive("ledger.jsonl.gz").read_batches(None, batch_size=1000):
@@ -135,7 +136,7 @@ class TableSource(_BatchedSource):
         filter: which events.
 
     Example:
-        >>> from esworkbench.sample import generate
+        >>> from esworkbench.examples.bank.sample import generate
         >>> TableSource(generate(users=3, seed=1, days=5).to_arrow(), name="sample").key
         'table:sample'
     """

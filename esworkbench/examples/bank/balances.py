@@ -1,0 +1,110 @@
+"""The bank's balances, vectorized: Polars window sums instead of a replay.
+
+The same balances as replaying through `esworkbench.examples.bank.User` (which applies every
+amount, whatever rule it breaks), many times faster, but checking no rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from esworkbench.lake import opened
+
+if TYPE_CHECKING:
+    from esworkbench.lake import Lake
+
+__all__ = ["BANK_SIGNS", "bank_balances"]
+
+# How each money event of the bank domain (esworkbench.examples.bank) moves the balance.
+BANK_SIGNS: dict[str, int] = {
+    "BalanceDeposited": 1,
+    "TransferReceived": 1,
+    "BalanceWithdrawn": -1,
+    "TransferSent": -1,
+}
+BANK_CATEGORY = "user"
+_MONEY = pl.Decimal(38, 2)
+_BANK_COLUMNS = (
+    "stream_name",
+    "stream_revision",
+    "commit_position",
+    "occurred_at",
+    "event_type",
+    "event_id",
+    "amount",
+    "balance",
+    "new_balance",
+    "drift",
+)
+# Exact money as the bank writes it: a decimal string with at most two places. Anything else
+# (the fold reports it as decode_error) moves nothing here either, rather than being rounded.
+_MONEY_TEXT = r"^-?[0-9]+(\.[0-9]{1,2})?$"
+
+
+def bank_balances(events: Lake | str | Path | pl.DataFrame) -> pl.DataFrame:
+    """Every bank balance, vectorized: Polars window sums over signed amounts per user stream.
+
+    Deposits and transfers received add, withdrawals and transfers sent subtract, in revision
+    order per ``user-*`` stream. The same balances as replaying through ``bank.User`` with
+    on_error="skip" (the bank applies every amount, whatever rule it breaks), ~13x faster on
+    1M events (bench/fold.py), but it checks no rule: compare ``balance`` (the amounts' sum)
+    with ``new_balance`` (what the writer recorded) to see drift.
+
+    Args:
+        events: a lake, a lake path, or a frame of envelope rows (``lake.read_events()``).
+
+    Returns:
+        One row per money event, ordered by commit_position: stream_name, stream_revision,
+        commit_position, occurred_at, event_type, event_id, amount (signed), balance (computed),
+        new_balance (recorded), drift (new_balance - balance); money as Decimal(38, 2), exact.
+        An amount that is not exact money is null and moves nothing.
+
+    Example:
+        >>> balances = bank_balances("data/lake/workbench.duckdb")  # doctest: +SKIP
+        >>> balances.filter(pl.col("drift") != 0)  # doctest: +SKIP
+    """
+    if isinstance(events, pl.DataFrame):
+        scan = events.lazy().filter(
+            pl.col("stream_name").str.starts_with(f"{BANK_CATEGORY}-")
+            & pl.col("event_type").is_in(list(BANK_SIGNS))
+        )
+        return _bank_balances(scan).collect()
+    with opened(events) as lake:
+        scan = lake.scan_events(category=BANK_CATEGORY, event_types=list(BANK_SIGNS))
+        return _bank_balances(scan).collect()
+
+
+def _bank_balances(scan: pl.LazyFrame) -> pl.LazyFrame:
+    def money(key: str) -> pl.Expr:
+        text = pl.col("data").str.json_path_match(f"$.{key}")
+        exact = text.str.contains(_MONEY_TEXT).fill_null(False)
+        return pl.when(exact).then(text).otherwise(None).cast(_MONEY)
+
+    sign = pl.col("event_type").replace_strict(BANK_SIGNS, default=0, return_dtype=pl.Int8)
+    return (
+        scan.select(
+            "stream_name",
+            pl.col("stream_revision").cast(pl.UInt64),
+            pl.col("commit_position").cast(pl.UInt64),
+            "occurred_at",
+            "event_type",
+            "event_id",
+            pl.when(sign < 0).then(-money("amount")).otherwise(money("amount")).alias("amount"),
+            money("newBalance").alias("new_balance"),
+        )
+        .sort("stream_name", "stream_revision")
+        .with_columns(
+            pl.col("amount")
+            .fill_null(0)
+            .cast(_MONEY)
+            .cum_sum()
+            .over("stream_name")
+            .alias("balance")
+        )
+        .with_columns((pl.col("new_balance") - pl.col("balance")).cast(_MONEY).alias("drift"))
+        .sort("commit_position")
+        .select(*_BANK_COLUMNS)
+    )

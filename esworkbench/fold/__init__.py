@@ -1,0 +1,37 @@
+"""Replay lake events through production aggregates: state timelines, states as of, findings.
+
+Each stream is folded in revision order through a fresh instance of the aggregate class that
+production uses, unchanged. See `esworkbench.fold._replay` for the columns of the timeline and
+the findings, and `esworkbench.fold.batches` for the batching of whole streams (in this process
+or in forked workers) that other stages reuse.
+
+Inside: `_replay` (the public calls), `_engine` (one batch of whole streams in, Arrow out),
+`batches` (planning and running batches of whole streams).
+
+Example:
+    >>> from esworkbench.fold import resolve_aggregate
+    >>> resolve_aggregate("esworkbench.examples.bank:User").stream_prefix
+    'user'
+"""
+
+from esworkbench.fold._replay import (
+    FINDINGS_COLUMNS,
+    AggregateSpec,
+    OnError,
+    Replay,
+    replay,
+    replay_frame,
+    resolve_aggregate,
+    state_as_of,
+)
+
+__all__ = [
+    "FINDINGS_COLUMNS",
+    "AggregateSpec",
+    "OnError",
+    "Replay",
+    "replay",
+    "replay_frame",
+    "resolve_aggregate",
+    "state_as_of",
+]

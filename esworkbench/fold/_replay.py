@@ -1,0 +1,443 @@
+"""Replay lake events through production aggregates: state timelines, states as of, findings.
+
+Each stream is folded in revision order through a fresh instance of the aggregate class that
+production uses, unchanged: payloads are decoded (and upcast) by the class's own ``registry``,
+each event goes through ``load_from_history`` (so ``check_next`` guards the contract), and the
+public ``state()`` is recorded after every event.
+
+History that today's code rejects is a *finding*, never a crash: an ``AggregateError`` (a
+business rule, a foreign event, a version gap) or an event the registry cannot decode (unknown
+type, bad payload, or rejected by the lake at ingest) becomes a row of ``Replay.findings``,
+pinned to the event. ``on_error`` says what happens next:
+
+- ``"stop"`` (default): that stream's replay ends there, as production's own load would; its
+  timeline holds the events before the finding.
+- ``"skip"``: the replay goes on, and every event read has a timeline row. An event the
+  aggregate refused leaves the aggregate in the state it put itself in: unchanged for one that
+  checks before it mutates, the amounts applied for the bank (which applies first and objects
+  after, so one bad event is one finding, not a cascade). An undecodable event changes
+  nothing. After a version gap, the replay resumes at the event that is there.
+
+Timeline columns: ``stream_name`` (String), ``stream_revision`` (UInt64), ``commit_position``
+(UInt64), ``created`` and ``occurred_at`` (Datetime[us, UTC]), ``event_type``, ``event_id``
+(String), then one column per public state field (Decimal money as an exact
+``Decimal(38, scale)``), then ``changed`` (List[String]: the state fields the event changed).
+A state field named like an envelope column is prefixed ``state_``.
+
+Findings columns: ``stream_name``, ``stream_revision`` (UInt64), ``commit_position`` (UInt64),
+``event_id``, ``event_type``, ``kind``, ``error`` (the exception class), ``message``. Kinds:
+``rule_violation`` (DomainRuleError), ``version_gap``, ``version_out_of_order``,
+``foreign_event`` (HistoryError), ``aggregate_error`` (any other AggregateError),
+``unknown_event_type``, ``decode_error``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import polars as pl
+import pyarrow as pa
+
+from esworkbench.aggregates import AggregateRoot
+from esworkbench.errors import ConfigError, FoldError
+from esworkbench.findings import FINDINGS_SCHEMA
+from esworkbench.fold import _engine as engine
+from esworkbench.fold.batches import Job, plan_batches, run_batches
+from esworkbench.lake import opened
+
+if TYPE_CHECKING:
+    from esworkbench.filters import FilterOptions
+    from esworkbench.lake import Lake
+
+OnError = Literal["stop", "skip"]
+AggregateSpec = type[AggregateRoot] | str
+
+FINDINGS_COLUMNS = tuple(FINDINGS_SCHEMA.names)
+_DEFAULT_BATCH = 50_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    """The result of a replay: the state timeline and the findings.
+
+    Attributes:
+        timeline: one row per event replayed (see on_error), ordered by commit_position.
+        findings: one row per problem met, pinned to its event, same order.
+        aggregate: the aggregate class the events went through.
+        events_read: events read from the lake (applied, refused, or left after a stop).
+
+    Example:
+        >>> result = replay("data/lake/workbench.duckdb", "esworkbench.examples.bank:User")
+        ... # doctest: +SKIP
+        >>> result.states().select("stream_name", "balance")  # doctest: +SKIP
+    """
+
+    timeline: pl.DataFrame
+    findings: pl.DataFrame
+    aggregate: type[AggregateRoot]
+    events_read: int
+
+    def states(self) -> pl.DataFrame:
+        """One row per stream: its state after its last applied event, and its finding count.
+
+        A stream whose every event was refused still gets a row (null state), so nothing the
+        replay read disappears from view.
+
+        Example:
+            >>> result.states()  # doctest: +SKIP
+        """
+        last = (
+            self.timeline.drop(engine.CHANGED).group_by("stream_name", maintain_order=True).last()
+        )
+        counts = self.findings.group_by("stream_name").agg(
+            pl.len().cast(pl.UInt32).alias("findings")
+        )
+        return (
+            last.join(counts, on="stream_name", how="full", coalesce=True)
+            .with_columns(pl.col("findings").fill_null(0))
+            .sort("stream_name")
+        )
+
+
+def resolve_aggregate(aggregate: AggregateSpec) -> type[AggregateRoot]:
+    """The aggregate class named by `aggregate` (a class, or an import path "module:Class").
+
+    Example:
+        >>> resolve_aggregate("esworkbench.examples.bank:User").stream_prefix
+        'user'
+    """
+    if isinstance(aggregate, str):
+        module_name, sep, qualname = aggregate.partition(":")
+        if not sep or not module_name or not qualname:
+            raise ConfigError(
+                f"aggregate {aggregate!r} is not an import path; write 'package.module:Class', "
+                "e.g. 'esworkbench.examples.bank:User'"
+            )
+        try:
+            target: Any = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ConfigError(
+                f"cannot import module {module_name!r} for aggregate "
+                f"{aggregate!r}: {e}; is it installed or on sys.path?"
+            ) from e
+        for part in qualname.split("."):
+            try:
+                target = getattr(target, part)
+            except AttributeError:
+                raise ConfigError(
+                    f"module {module_name!r} has no {qualname!r} (for aggregate {aggregate!r})"
+                ) from None
+        cls = target
+    else:
+        cls = aggregate
+    if not (isinstance(cls, type) and issubclass(cls, AggregateRoot)):
+        raise ConfigError(
+            f"{aggregate!r} is not an AggregateRoot subclass; replay needs a "
+            "production aggregate class (esworkbench.aggregates.AggregateRoot)"
+        )
+    for attr in ("stream_prefix", "registry"):
+        if not hasattr(cls, attr):
+            raise ConfigError(
+                f"aggregate {cls.__qualname__} has no class attribute {attr!r}; "
+                "the aggregate contract needs stream_prefix and registry"
+            )
+    return cls
+
+
+def replay(
+    lake: Lake | str | Path,
+    aggregate: AggregateSpec,
+    *,
+    streams: Iterable[str] | None = None,
+    stream_prefix: str | None = None,
+    as_of: int | datetime | None = None,
+    workers: int = 1,
+    on_error: OnError = "stop",
+    progress: bool = False,
+    batch_size: int = _DEFAULT_BATCH,
+) -> Replay:
+    """Replay the lake's events through `aggregate`, one fresh instance per stream.
+
+    Args:
+        lake: an open ``Lake`` or the path of a lake file (opened read-only).
+        aggregate: the aggregate class, or its import path ``"package.module:Class"``.
+        streams: only these streams (default: the aggregate's category, its stream_prefix).
+        stream_prefix: only streams whose name starts with this.
+        as_of: a commit position (int: events at or before it) or a business time (datetime,
+            naive = UTC: each stream up to its last event with ``occurred_at`` at or before it;
+            an earlier event stamped later is still folded, in stream order).
+        workers: processes to fold in, streams partitioned between them (fork; Linux and
+            macOS). On 1M bank events 2 workers gave 1.7x on two idle cores but lost to one
+            when other work held the cores (bench/fold.py), hence the default of 1.
+        on_error: after a finding, "stop" that stream or "skip" the event and go on.
+        progress: show a tqdm progress bar (terminal or notebook).
+        batch_size: events per batch of whole streams; bounds the Python objects alive.
+
+    Returns:
+        The timeline and the findings (see the module docstring for their columns).
+
+    Example:
+        >>> result = replay("data/lake/workbench.duckdb", "esworkbench.examples.bank:User",
+        ...                 on_error="skip")  # doctest: +SKIP
+        >>> result.timeline.filter(pl.col("stream_name") == "user-1")  # doctest: +SKIP
+    """
+    cls = resolve_aggregate(aggregate)
+    _check_options(workers=workers, on_error=on_error, batch_size=batch_size)
+    cut = _cut(as_of)
+    with opened(lake) as lake_:
+        read = _read(lake_, cls, streams=streams, stream_prefix=stream_prefix)
+    events = read if cut is None else read.filter(cut)
+    return replay_frame(
+        events, cls, workers=workers, on_error=on_error, progress=progress, batch_size=batch_size
+    )
+
+
+def replay_frame(
+    events: pl.DataFrame | pa.Table,
+    aggregate: AggregateSpec,
+    *,
+    workers: int = 1,
+    on_error: OnError = "stop",
+    progress: bool = False,
+    batch_size: int = _DEFAULT_BATCH,
+) -> Replay:
+    """Replay events already in a frame (the lake's envelope columns) through `aggregate`.
+
+    ``replay`` reads the lake and calls this; call it directly for events you selected
+    yourself (``lake.read_events(...)``). Streams are replayed whole from what the frame holds:
+    a stream missing its first events reports a version gap.
+
+    Example:
+        >>> events = lake.read_events(streams=["user-1"])  # doctest: +SKIP
+        >>> replay_frame(events, "esworkbench.examples.bank:User").timeline  # doctest: +SKIP
+    """
+    cls = resolve_aggregate(aggregate)
+    _check_options(workers=workers, on_error=on_error, batch_size=batch_size)
+    frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
+    if not isinstance(frame, pl.DataFrame):
+        raise FoldError("events must be a table, not a single column")
+    missing = [c for c in engine.INPUT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise FoldError(
+            f"events frame lacks column(s) {missing}; pass the lake's envelope "
+            "columns (lake.read_events() returns them)"
+        )
+    columns = [*engine.INPUT_COLUMNS, *([engine.REJECTED] if engine.REJECTED in frame else [])]
+    frame = frame.select(columns).with_columns(
+        pl.col("stream_revision", "commit_position").cast(pl.UInt64)
+    )
+    keys = ("stream_name", "stream_revision", "commit_position")
+    sizes = frame.group_by("stream_name").len().sort("stream_name")["len"].to_list()
+    job = Job(
+        table=frame.to_arrow(),
+        order=frame.select(pl.arg_sort_by(keys)).to_series().to_arrow(),
+        batches=plan_batches(sizes, batch_size),
+        work=functools.partial(engine.fold_batch, cls=cls, on_error=on_error),
+    )
+    with _progress(progress, frame.height, cls) as bar:
+        results = [
+            engine.BatchResult(*tables)
+            for tables in run_batches(job, workers=workers, advance=bar.update)
+        ]
+    return Replay(
+        timeline=_timeline(results, cls),
+        findings=_findings(results),
+        aggregate=cls,
+        events_read=frame.height,
+    )
+
+
+def state_as_of(
+    lake: Lake | str | Path,
+    aggregate: AggregateSpec,
+    *,
+    at_position: int | None = None,
+    at_time: datetime | None = None,
+    streams: Iterable[str] | None = None,
+    stream_prefix: str | None = None,
+    workers: int = 1,
+    on_error: OnError = "stop",
+    progress: bool = False,
+) -> pl.DataFrame:
+    """Each stream's state after its last event at or before a position or a business time.
+
+    Give exactly one of `at_position` (commit_position <= P) or `at_time` (occurred_at <= T,
+    naive = UTC). The columns are the timeline's without ``changed``, plus ``findings`` (UInt32:
+    findings in that stream up to the cut; non-zero means the state may be partial). One row
+    per stream that has an event by then, ordered by stream_name.
+
+    Example:
+        >>> state_as_of(lake, "esworkbench.examples.bank:User",
+        ...             at_time=datetime(2024, 3, 1, tzinfo=UTC))  # doctest: +SKIP
+    """
+    cut: int | datetime
+    if at_position is not None and at_time is None:
+        cut = at_position
+    elif at_time is not None and at_position is None:
+        cut = at_time
+    else:
+        raise ConfigError(
+            "state_as_of needs exactly one of at_position= (a commit position) "
+            "or at_time= (a datetime)"
+        )
+    result = replay(
+        lake,
+        aggregate,
+        streams=streams,
+        stream_prefix=stream_prefix,
+        as_of=cut,
+        workers=workers,
+        on_error=on_error,
+        progress=progress,
+    )
+    return result.states()
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _read(
+    lake: Lake,
+    cls: type[AggregateRoot],
+    *,
+    streams: Iterable[str] | None,
+    stream_prefix: str | None,
+) -> pl.DataFrame:
+    """The events in scope, plus the rejected ones (``rejected`` = the lake's reason).
+
+    Events the lake rejected at ingest (not JSON, binary) still happened in their stream: they
+    come along as rows the fold reports as decode_error, instead of leaving a silent gap.
+    """
+    scope: FilterOptions
+    if streams is None and stream_prefix is None:
+        scope = {"category": cls.stream_prefix}
+    else:
+        scope = {
+            "streams": None if streams is None else list(streams),
+            "stream_prefix": stream_prefix,
+        }
+    events = lake.scan_events(**scope).select(engine.INPUT_COLUMNS).collect()
+    # The lake's own filtering picks the rejected events in scope, as it picks the events.
+    rejected = lake.read_rejected(**scope)
+    if rejected.height == 0:
+        return events
+    rejected = (
+        rejected.select(
+            [
+                pl.col(c).cast(events.schema[c])
+                for c in ("commit_position", "stream_name", "stream_revision", "event_id")
+            ]
+            + [
+                pl.col("event_type").cast(pl.String),
+                pl.col("created").cast(events.schema["created"]),
+                # Business time lives in the metadata, which may be what was unreadable.
+                pl.col("created").cast(events.schema["occurred_at"]).alias("occurred_at"),
+                pl.lit(None, pl.String).alias("data"),
+                pl.lit(None, pl.String).alias("metadata"),
+                pl.col("reason").cast(pl.String).alias(engine.REJECTED),
+            ]
+        )
+        # A rejected copy of a revision the lake does hold (a duplicate id) is not history.
+        .join(
+            events.select("stream_name", "stream_revision"),
+            on=["stream_name", "stream_revision"],
+            how="anti",
+        )
+        .unique(["stream_name", "stream_revision"], keep="first", maintain_order=True)
+        .select(*engine.INPUT_COLUMNS, engine.REJECTED)
+    )
+    if rejected.height == 0:
+        return events
+    events = events.with_columns(pl.lit(None, pl.String).alias(engine.REJECTED))
+    return pl.concat([events, rejected.cast(events.schema)], how="vertical")
+
+
+def _cut(as_of: int | datetime | None) -> pl.Expr | None:
+    """The rows of a replay as of a commit position or a business time (None: all)."""
+    if as_of is None:
+        return None
+    if isinstance(as_of, datetime):
+        moment = as_of.replace(tzinfo=UTC) if as_of.tzinfo is None else as_of.astimezone(UTC)
+        # Cut each stream after its last event that had happened by then, not at its first
+        # event stamped later: the state "after event k" includes every event before k.
+        last = pl.col("stream_revision").filter(pl.col("occurred_at") <= moment).max()
+        return pl.col("stream_revision") <= last.over("stream_name")
+    if isinstance(as_of, bool) or not isinstance(as_of, int):
+        raise ConfigError(f"as_of={as_of!r}: give a commit position (int) or a datetime")
+    return pl.col("commit_position") <= as_of
+
+
+def _check_options(*, workers: int, on_error: str, batch_size: int) -> None:
+    if on_error not in ("stop", "skip"):
+        raise ConfigError(f"on_error={on_error!r}; valid: ['skip', 'stop']")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers={workers!r}; give a positive integer (1 = this process)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r}; give a positive integer")
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(enabled: bool, total: int, cls: type[AggregateRoot]) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="ev", unit_scale=True, desc=f"replay {cls.__qualname__}")
+
+
+# --- assembling ----------------------------------------------------------------------------
+
+
+def _timeline(results: list[engine.BatchResult], cls: type[AggregateRoot]) -> pl.DataFrame:
+    # A batch without rows has no state columns to offer; a fresh aggregate names them.
+    tables = [r.timeline for r in results if r.timeline.num_rows]
+    if not tables:
+        tables = [_empty_timeline(cls)]
+    frame = pl.from_arrow(engine.unify(tables))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.sort("commit_position", maintain_order=True)
+
+
+def _empty_timeline(cls: type[AggregateRoot]) -> pa.Table:
+    envelope = pa.schema(
+        [
+            ("stream_name", pa.string()),
+            ("stream_revision", pa.uint64()),
+            ("commit_position", pa.uint64()),
+            ("created", pa.timestamp("us", tz="UTC")),
+            ("occurred_at", pa.timestamp("us", tz="UTC")),
+            ("event_type", pa.string()),
+            ("event_id", pa.string()),
+        ]
+    )
+    try:
+        fields = list(cls(cls.aggregate_id_of(f"{cls.stream_prefix}-")).state())
+    except Exception:
+        # A fresh aggregate is only a hint for the column names of an empty result.
+        fields = []
+    for name in fields:
+        envelope = envelope.append(pa.field(engine.state_column_name(name), pa.null()))
+    return envelope.append(pa.field(engine.CHANGED, pa.list_(pa.string()))).empty_table()
+
+
+def _findings(results: list[engine.BatchResult]) -> pl.DataFrame:
+    table = pa.concat_tables([r.findings for r in results] or [FINDINGS_SCHEMA.empty_table()])
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.sort("commit_position", maintain_order=True)

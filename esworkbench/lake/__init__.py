@@ -1,0 +1,50 @@
+"""The DuckDB event lake: one file holding every synced event, and the ways to read it.
+
+Tables (see DESIGN.md): `events` (the envelope; unique event ids; read in commit-position
+order), `_checkpoints` (source key -> last commit position looked at), `_sync_runs` (an audit
+row per sync), `_rejected` (events that could not be decoded, with raw bytes and the reason),
+and per event type a view `typed."<type>"` with the JSON payload flattened into typed columns.
+
+Reading follows polars' verbs: `read_*` returns a DataFrame, `scan_*` a LazyFrame, `iter_*` a
+stream of Arrow batches; every one takes the same filters (`EventFilter`). Writing goes through
+`sync`, which drives a `LakeWriter` (one batch and its checkpoint per transaction).
+
+Inside: `_lake` (the `Lake` reader), `_writer` (run bookkeeping, batch + checkpoint
+transactions), `_sync` (the producer/consumer sync loop and its progress), `_ingest` (schema,
+decoding a raw batch into `events` / `_rejected`), `_views` (typed views), `_export` (filter
+SQL, Parquet and archive export).
+
+Example:
+    >>> from esworkbench.lake import Lake, sync
+    >>> from esworkbench.sources.files import open_archive
+    >>> with Lake("data/lake/demo.duckdb") as lake:                       # doctest: +SKIP
+    ...     sync(open_archive("data/sample/ledger.jsonl.gz"), lake)
+    ...     deposits = lake.read_typed("BalanceDeposited")
+    ...     print(lake.summary())
+"""
+
+from esworkbench.filters import EventFilter
+from esworkbench.lake._lake import Lake, LakeSummary, opened
+from esworkbench.lake._sync import (
+    DEFAULT_BATCH_SIZE,
+    SyncInterrupted,
+    SyncProgress,
+    SyncResult,
+    TqdmProgress,
+    sync,
+)
+from esworkbench.lake._writer import LakeWriter
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "EventFilter",
+    "Lake",
+    "LakeSummary",
+    "LakeWriter",
+    "SyncInterrupted",
+    "SyncProgress",
+    "SyncResult",
+    "TqdmProgress",
+    "opened",
+    "sync",
+]

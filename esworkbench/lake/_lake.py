@@ -1,0 +1,449 @@
+"""The `Lake`: one DuckDB event-lake file and the ways to read it (`esworkbench.lake` re-exports).
+
+Reading follows polars' verbs: `read_*` returns a DataFrame, `scan_*` a LazyFrame, `iter_*` a
+stream of Arrow batches; every one takes the same filters (`EventFilter`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from esworkbench.errors import LakeError
+from esworkbench.events import ENVELOPE_SCHEMA
+from esworkbench.filters import EventFilter
+from esworkbench.lake import _export, _ingest, _views
+from esworkbench.lake._ingest import q, rows
+from esworkbench.lake._writer import LakeWriter, read_checkpoint
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from typing_extensions import Unpack
+
+    from esworkbench.filters import FilterOptions
+
+__all__ = ["Lake", "LakeSummary", "opened"]
+
+_ENVELOPE_SELECT = _export.ENVELOPE_SELECT
+_DIGEST_VERSION = "lake-v1"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LakeSummary:
+    """Counts for a quick look at a lake (`print(lake.summary())`)."""
+
+    path: str
+    events: int
+    first_position: int | None
+    last_position: int | None
+    first_created: datetime | None
+    last_created: datetime | None
+    event_types: dict[str, int]
+    rejected: dict[str, int]
+    sync_runs: int
+    checkpoints: dict[str, int]
+
+    def __str__(self) -> str:
+        lines = [
+            f"lake {self.path}: {self.events:,} events, positions "
+            f"{self.first_position}..{self.last_position}",
+        ]
+        if self.first_created is not None and self.last_created is not None:
+            lines.append(
+                f"  created {self.first_created.isoformat()} .. {self.last_created.isoformat()}"
+            )
+        width = max((len(t) for t in self.event_types), default=0)
+        lines.append("  events per type:")
+        lines += [f"    {t:<{width}}  {n:>12,}" for t, n in self.event_types.items()]
+        total_rejected = sum(self.rejected.values())
+        lines.append(f"  rejected: {total_rejected:,}")
+        lines += [f"    {r}: {n:,}" for r, n in self.rejected.items()]
+        lines.append(f"  sync runs: {self.sync_runs}; checkpoints:")
+        lines += [f"    {k} -> {p}" for k, p in self.checkpoints.items()]
+        return "\n".join(lines)
+
+
+class Lake:
+    """A DuckDB event lake file; open it as a context manager.
+
+    Args:
+        path: the DuckDB file (created with its schema if missing, unless read_only).
+        read_only: open without write access (several readers may share a file).
+
+    Example:
+        >>> with Lake("data/lake/demo.duckdb", read_only=True) as lake:   # doctest: +SKIP
+        ...     lake.read_events(category="user", event_types=["BalanceDeposited"])
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self._fields = _views.FieldState()
+        if read_only and not self.path.exists():
+            raise LakeError(
+                f"no lake at {self.path}: sync into it first (esworkbench sync --lake PATH ...)"
+            )
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            raise LakeError(
+                f"cannot open the lake {self.path}: {e}. Another process may hold it open for "
+                "writing (a running sync?): wait for it, or open with read_only=True."
+            ) from e
+        # UTC everywhere: `created` and `occurred_at` come back as UTC timestamps.
+        q(self._con, "SET TimeZone = 'UTC'")
+        if not read_only:
+            _ingest.create_schema(self._con)
+            # A DuckDB file has one writer at a time, so a run still marked running is left over
+            # from a process that died (kill -9, power loss): record that.
+            q(
+                self._con,
+                "UPDATE _sync_runs SET outcome = 'interrupted', error = 'the syncing "
+                "process ended without finishing (killed?)' WHERE outcome = 'running'",
+            )
+        elif not rows(
+            self._con,
+            "SELECT 1 FROM duckdb_tables() WHERE table_name = 'events' AND schema_name = 'main'",
+        ):
+            raise LakeError(f"{self.path} is not an esworkbench lake (no events table)")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the file (LazyFrames from scan_events cannot be collected after this)."""
+        self._con.close()
+
+    def __enter__(self) -> Lake:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Lake({str(self.path)!r}, read_only={self.read_only})"
+
+    # -- writing (see esworkbench.lake._sync) -------------------------------------------
+
+    def writer(self, *, batch_size: int) -> LakeWriter:
+        """A `LakeWriter` for one sync (use it as a context manager).
+
+        Raises:
+            LakeError: the lake is open read-only.
+        """
+        if self.read_only:
+            raise LakeError(
+                f"the lake {self.path} is open read-only; open it with "
+                "read_only=False to sync into it"
+            )
+        return LakeWriter(self._con, self._fields, batch_size=batch_size)
+
+    # -- positions and bookkeeping --------------------------------------------------------
+
+    def checkpoint(self, source_key: str) -> int | None:
+        """The commit position a source has been synced through, or None if never synced.
+
+        Example:
+            >>> lake.checkpoint(source.key)                                # doctest: +SKIP
+            123456
+        """
+        return read_checkpoint(self._con, source_key)
+
+    def head_position(self) -> int | None:
+        """The largest commit position in `events` (None for an empty lake)."""
+        ((head,),) = rows(self._con, "SELECT max(commit_position) FROM events")
+        return None if head is None else int(head)
+
+    # -- reading events -------------------------------------------------------------------
+
+    def _where(self, f: EventFilter) -> tuple[str, list[Any]]:
+        return _export.where_sql(f)
+
+    def _events_sql(self, f: EventFilter) -> tuple[str, list[Any]]:
+        where, params = self._where(f)
+        return f"SELECT {_ENVELOPE_SELECT} FROM events{where} ORDER BY commit_position", params
+
+    def _relation(self, f: EventFilter) -> duckdb.DuckDBPyRelation:
+        sql, params = self._events_sql(f)
+        rel = self._con.sql(sql, params=params)
+        assert rel is not None
+        return rel
+
+    def read_events(self, **filters: Unpack[FilterOptions]) -> pl.DataFrame:
+        """Events as a Polars DataFrame (ENVELOPE_SCHEMA columns), in commit-position order.
+
+        Filters are those of `EventFilter`: all given conditions must hold.
+
+        Example:
+            >>> lake.read_events(category="user", since="2024-01-01")    # doctest: +SKIP
+        """
+        return pl.from_arrow(self._arrow(EventFilter.of(**filters)))  # type: ignore[return-value]
+
+    def scan_events(self, **filters: Unpack[FilterOptions]) -> pl.LazyFrame:
+        """Events as a Polars LazyFrame; filters and column selections are pushed into DuckDB.
+
+        Same filters as `read_events`. Collect it while the lake is open.
+
+        Example:
+            >>> lake.scan_events(category="user").select("event_type").collect()  # doctest: +SKIP
+        """
+        rel = self._relation(EventFilter.of(**filters))
+        frame: pl.LazyFrame = rel.pl(lazy=True)
+        return frame
+
+    def iter_batches(
+        self, *, batch_size: int = 65_536, **filters: Unpack[FilterOptions]
+    ) -> Iterator[pa.RecordBatch]:
+        """Events as a stream of Arrow record batches (ENVELOPE_SCHEMA), in position order.
+
+        Memory is one batch at a time; the lake stays usable while you iterate (the stream
+        runs on its own cursor).
+
+        Example:
+            >>> for batch in lake.iter_batches(batch_size=10_000):     # doctest: +SKIP
+            ...     process(batch)
+        """
+        sql, params = self._events_sql(EventFilter.of(**filters))
+        cursor = self._con.cursor()
+        try:
+            q(cursor, "SET TimeZone = 'UTC'")
+            rel = cursor.sql(sql, params=params)
+            assert rel is not None
+            reader = rel.to_arrow_reader(batch_size)
+            for batch in reader:
+                yield _envelope_batch(batch)
+        finally:
+            cursor.close()
+
+    def _arrow(self, f: EventFilter) -> pa.Table:
+        table = self._relation(f).to_arrow_table()
+        return _envelope_table(table)
+
+    def read_arrow(self, **filters: Unpack[FilterOptions]) -> pa.Table:
+        """Events as an Arrow table (ENVELOPE_SCHEMA); same filters as `read_events`."""
+        return self._arrow(EventFilter.of(**filters))
+
+    def read_pandas(self, **filters: Unpack[FilterOptions]) -> pd.DataFrame:
+        """Events as a pandas DataFrame; same filters as `read_events`."""
+        return self._arrow(EventFilter.of(**filters)).to_pandas()
+
+    # -- typed views ----------------------------------------------------------------------
+
+    def typed_event_types(self) -> list[str]:
+        """Event types that have a typed view."""
+        found = rows(
+            self._con,
+            "SELECT view_name FROM duckdb_views() WHERE schema_name = 'typed' ORDER BY view_name",
+        )
+        return [r[0] for r in found]
+
+    def typed_schema(self, event_type: str) -> dict[str, str]:
+        """Payload column -> SQL type of an event type's typed view (as inferred so far)."""
+        self._require_typed(event_type)
+        found = rows(self._con, f"DESCRIBE SELECT * FROM {_views.view_name(event_type)}")
+        skip = set(_views.ENVELOPE_COLUMNS)
+        return {r[0]: r[1] for r in found if r[0] not in skip}
+
+    def _require_typed(self, event_type: str) -> None:
+        known = self.typed_event_types()
+        if event_type not in known:
+            raise LakeError(
+                f"no typed view for event type {event_type!r}; the lake has views "
+                f"for: {', '.join(known) or 'none (sync some events first)'}"
+            )
+
+    def read_typed(self, event_type: str, **filters: Unpack[FilterOptions]) -> pl.DataFrame:
+        """One event type with its JSON payload flattened into typed columns, by commit position.
+
+        Money comes as exact DECIMAL.
+
+        Example:
+            >>> lake.read_typed("BalanceDeposited").select("userId", "amount")  # doctest: +SKIP
+        """
+        self._require_typed(event_type)
+        where, params = self._where(EventFilter.of(**filters))
+        rel = self._con.sql(
+            f"SELECT * FROM {_views.view_name(event_type)}{where} ORDER BY commit_position",
+            params=params,
+        )
+        assert rel is not None
+        return pl.from_arrow(rel.to_arrow_table())  # type: ignore[return-value]
+
+    # -- audit tables ---------------------------------------------------------------------
+
+    def read_rejected(self, **filters: Unpack[FilterOptions]) -> pl.DataFrame:
+        """Events that could not be decoded.
+
+        Raw bytes, envelope fields and `reason` (its first word is a code: malformed_json,
+        binary_payload, malformed_metadata, invalid_event_id, duplicate_event_id).
+
+        Same filters as `read_events` (on the envelope fields a rejected event still has).
+        """
+        where, params = _export.where_sql(
+            EventFilter.of(**filters), category="split_part(stream_name, '-', 1)"
+        )
+        return self._frame(
+            f"SELECT * FROM _rejected{where} ORDER BY commit_position, event_id", params
+        )
+
+    def read_sync_runs(self) -> pl.DataFrame:
+        """The audit of every sync.
+
+        Source with credentials masked, times, positions, counts, outcome, error.
+        """
+        return self._frame("SELECT * FROM _sync_runs ORDER BY run_id")
+
+    def read_checkpoints(self) -> pl.DataFrame:
+        """Source key -> commit position synced through."""
+        return self._frame("SELECT * FROM _checkpoints ORDER BY source_key")
+
+    def _frame(self, sql: str, params: Any = None) -> pl.DataFrame:
+        rel = self._con.sql(sql, params=params)
+        assert rel is not None
+        return pl.from_arrow(rel.to_arrow_table())  # type: ignore[return-value]
+
+    def summary(self) -> LakeSummary:
+        """Counts per event type, positions, rejected events per reason, syncs, checkpoints.
+
+        Example:
+            >>> print(lake.summary())                                     # doctest: +SKIP
+        """
+        ((n, first, last, c0, c1),) = rows(
+            self._con,
+            "SELECT count(*), min(commit_position), max(commit_position), "
+            "min(created), max(created) FROM events",
+        )
+        types = rows(
+            self._con, "SELECT event_type, count(*) FROM events GROUP BY ALL ORDER BY 2 DESC, 1"
+        )
+        rejected = rows(
+            self._con,
+            "SELECT split_part(reason, ':', 1), count(*) FROM _rejected "
+            "GROUP BY ALL ORDER BY 2 DESC, 1",
+        )
+        ((runs,),) = rows(self._con, "SELECT count(*) FROM _sync_runs")
+        cps = rows(self._con, "SELECT source_key, position FROM _checkpoints ORDER BY 1")
+        return LakeSummary(
+            path=str(self.path),
+            events=int(n),
+            first_position=None if first is None else int(first),
+            last_position=None if last is None else int(last),
+            first_created=c0,
+            last_created=c1,
+            event_types={t: int(c) for t, c in types},
+            rejected={r: int(c) for r, c in rejected},
+            sync_runs=int(runs),
+            checkpoints={k: int(p) for k, p in cps},
+        )
+
+    def digest(self, **filters: Unpack[FilterOptions]) -> str:
+        """A stable digest of the filtered events, computed inside DuckDB.
+
+        It covers ids, positions, streams, types, payloads and metadata. Order-independent per
+        event, so the same event set gives the same digest however it was synced; report
+        manifests store it and `verify` recomputes it.
+
+        Example:
+            >>> lake.digest(category="user")                              # doctest: +SKIP
+            'lake-v1:5e0c...'
+        """
+        where, params = self._where(EventFilter.of(**filters))
+        sep = "chr(31)"
+        ((n, first, last, acc),) = rows(
+            self._con,
+            "SELECT count(*), min(commit_position), max(commit_position), "
+            f"bit_xor(md5_number(concat_ws({sep}, commit_position, event_id::VARCHAR, "
+            f"stream_name, stream_revision, event_type, data, coalesce(metadata, '')))) "
+            f"FROM events{where}",
+            params,
+        )
+        text = f"{n}:{first}:{last}:{int(acc or 0):032x}"
+        return f"{_DIGEST_VERSION}:{hashlib.sha256(text.encode()).hexdigest()}"
+
+    # -- export ---------------------------------------------------------------------------
+
+    def export_parquet(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        **filters: Unpack[FilterOptions],
+    ) -> Path:
+        """Write events as Parquet partitioned by category and month of `created`.
+
+        Hive layout (category=user/month=2024-01/...), for engines beyond one machine.
+
+        Filters as for `read_events`, except that system events are included unless
+        include_system=False. Returns the directory.
+
+        Example:
+            >>> lake.export_parquet("data/lake/parquet")                  # doctest: +SKIP
+        """
+        filters.setdefault("include_system", True)
+        return _export.export_parquet(
+            self._con, Path(out_dir), EventFilter.of(**filters), overwrite=overwrite
+        )
+
+    def export_archive(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: Literal["jsonl", "parquet"] | None = None,
+        include_rejected: bool = True,
+        **filters: Unpack[FilterOptions],
+    ) -> Path:
+        """Write events back out as a RAW_SCHEMA archive (the compliance export).
+
+        `esworkbench.sources.files.open_archive` reads it back: `.jsonl`, `.jsonl.gz` or
+        `.parquet` (or as `format` says).
+
+        Rejected events are included by default with their original bytes, so syncing the
+        archive into a new lake rebuilds `events` and `_rejected` alike. Filters as for
+        `read_events`, except that system events are included unless include_system=False.
+        The file appears complete or not at all (written beside it, then renamed).
+
+        Example:
+            >>> lake.export_archive("exports/ledger-2024.jsonl.gz")      # doctest: +SKIP
+        """
+        filters.setdefault("include_system", True)
+        out = Path(path)
+        fmt = format or ("parquet" if out.suffix == ".parquet" else "jsonl")
+        return _export.export_archive(
+            self._con, out, EventFilter.of(**filters), fmt=fmt, include_rejected=include_rejected
+        )
+
+
+def _envelope_table(table: pa.Table) -> pa.Table:
+    # DuckDB names the time zone as set ("UTC"), but marks every column nullable: the schema
+    # is made exact so frames compare equal whatever path they came through.
+    return table.cast(ENVELOPE_SCHEMA) if table.schema != ENVELOPE_SCHEMA else table
+
+
+def _envelope_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    return batch.cast(ENVELOPE_SCHEMA) if batch.schema != ENVELOPE_SCHEMA else batch
+
+
+def opened(lake: Lake | str | os.PathLike[str]) -> AbstractContextManager[Lake]:
+    """`lake` itself if it is an open `Lake`, else its path opened read-only (and closed after).
+
+    For calls that take "a lake or its path" (replay, reports): a path is held open only for
+    the duration of the call.
+
+    Example:
+        >>> with opened("data/lake/demo.duckdb") as lake:                # doctest: +SKIP
+        ...     lake.summary()
+    """
+    if isinstance(lake, Lake):
+        return nullcontext(lake)
+    return Lake(lake, read_only=True)

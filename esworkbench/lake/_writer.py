@@ -1,0 +1,168 @@
+"""The lake's writer: one sync run's bookkeeping and its batch + checkpoint transactions.
+
+`sync` drives a `LakeWriter`; the `Lake` only hands out one (`Lake.writer`) over its own
+connection and the typed-view state it keeps between syncs. Keeping the write path in its own
+object leaves `Lake` a reader and lets the sync loop talk to a small, explicit surface:
+`begin_run`, `ingest`, `checkpoint`, `finish_run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import duckdb
+import pyarrow as pa
+
+from esworkbench.errors import LakeError
+from esworkbench.events import RAW_SCHEMA
+from esworkbench.lake import _ingest, _views
+from esworkbench.lake._ingest import IngestCounts, q, rows
+from esworkbench.sources import SourceBatch
+
+__all__ = ["LakeWriter", "read_checkpoint"]
+
+# DuckDB's row group size: a checkpoint per this many new rows writes each group about once.
+_ROW_GROUP_SIZE = 122_880
+_SYNC_CHECKPOINT_THRESHOLD = "1GB"
+# DuckDB's memory during a sync: enough for a row group awaiting its checkpoint and a batch
+# being decoded, whatever the size of the lake.
+_SYNC_MEMORY_FLOOR = 256 * 2**20
+_SYNC_MEMORY_PER_EVENT = 8 * 2**10
+
+
+def read_checkpoint(con: duckdb.DuckDBPyConnection, source_key: str) -> int | None:
+    """The commit position a source has been synced through, or None if never synced."""
+    found = rows(con, "SELECT position FROM _checkpoints WHERE source_key = ?", [source_key])
+    return int(found[0][0]) if found else None
+
+
+class LakeWriter:
+    """Writes one sync's batches into a lake, each with its checkpoint in one transaction.
+
+    Made by `Lake.writer`, used as a context manager for the storage settings of a bulk sync
+    (see `__enter__`).
+
+    Example:
+        >>> with lake.writer(batch_size=25_000) as writer:               # doctest: +SKIP
+        ...     run_id = writer.begin_run(source.key, source.describe(), None)
+        ...     writer.ingest(batch, source_key=source.key, run_id=run_id)
+        ...     writer.finish_run(run_id, "ok", None)
+    """
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, fields: _views.FieldState, *, batch_size: int
+    ) -> None:
+        self._con = con
+        self._fields = fields
+        self._batch_size = batch_size
+        self._unflushed = 0
+        self._ids: _ingest.IdIndex | None = None
+        self._sync_memory = "256MB"
+        self._saved: tuple[str, str, str] | None = None
+
+    # -- storage settings ---------------------------------------------------------------
+
+    def __enter__(self) -> LakeWriter:
+        """Storage settings for a sync.
+
+        DuckDB checkpoints (compresses the WAL's rows into the file) every 16 MiB of WAL by
+        default, which during a bulk sync rewrites the same partly filled row group again and
+        again (a third of the sync's CPU); instead the sync checkpoints once per row group's
+        worth of rows (`ingest`), keeping DuckDB's own trigger as a safety net. And DuckDB
+        keeps every block it has read cached up to 80% of RAM: during a sync its memory is
+        capped to what the batches need, so memory follows the batch size, not the lake.
+        Last, the reading thread (gRPC and decoding, in Python) needs a core of its own, so
+        DuckDB gets the others: per-batch queries are small, and on a small machine a second
+        DuckDB thread only contends with the reader.
+        """
+        ((threshold, limit, threads),) = rows(
+            self._con,
+            "SELECT current_setting('checkpoint_threshold'), current_setting('memory_limit'), "
+            "current_setting('threads')",
+        )
+        self._saved = (str(threshold), str(limit), str(threads))
+        cap = max(_SYNC_MEMORY_FLOOR, self._batch_size * _SYNC_MEMORY_PER_EVENT)
+        self._sync_memory = f"{cap // 2**20}MB"
+        q(self._con, f"SET checkpoint_threshold = '{_SYNC_CHECKPOINT_THRESHOLD}'")
+        q(self._con, f"SET memory_limit = '{self._sync_memory}'")
+        q(self._con, f"SET threads = {max(1, (os.cpu_count() or 2) - 1)}")
+        self._unflushed = 0
+        self._ids = _ingest.IdIndex.load(self._con)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ids = None  # 8 bytes per event: not kept between syncs
+        # The last rows are checkpointed under the sync's memory cap; otherwise the next
+        # commit would do it with the cap lifted, and DuckDB then caches all it touches.
+        if self._unflushed:
+            self._flush()
+        if self._saved is not None:
+            threshold, limit, threads = self._saved
+            q(self._con, f"SET checkpoint_threshold = '{threshold}'")
+            q(self._con, f"SET memory_limit = '{limit}'")
+            q(self._con, f"SET threads = {threads}")
+            self._saved = None
+
+    # -- run bookkeeping ----------------------------------------------------------------
+
+    def begin_run(self, source_key: str, source: str, from_position: int | None) -> int:
+        """Record a running sync in `_sync_runs`; returns its run id."""
+        ((run_id,),) = rows(
+            self._con,
+            "INSERT INTO _sync_runs (run_id, source_key, source, started, from_position, "
+            "to_position, outcome) VALUES (nextval('_sync_run_ids'), ?, ?, now(), ?, ?, "
+            "'running') RETURNING run_id",
+            [source_key, source, from_position, from_position],
+        )
+        return int(run_id)
+
+    def finish_run(self, run_id: int, outcome: str, error: str | None) -> None:
+        """Record how a sync ended."""
+        q(
+            self._con,
+            "UPDATE _sync_runs SET finished = now(), outcome = ?, error = ? WHERE run_id = ?",
+            [outcome, error, run_id],
+        )
+
+    def checkpoint(self, source_key: str) -> int | None:
+        """The commit position a source has been synced through (see `read_checkpoint`)."""
+        return read_checkpoint(self._con, source_key)
+
+    # -- batches ------------------------------------------------------------------------
+
+    def ingest(self, batch: SourceBatch, *, source_key: str, run_id: int) -> IngestCounts:
+        """Commit one batch and its checkpoint in one transaction."""
+        events = batch.events
+        if events.schema != RAW_SCHEMA:
+            try:
+                events = events.cast(RAW_SCHEMA)
+            except (pa.ArrowInvalid, ValueError) as e:
+                raise LakeError(
+                    f"source {source_key!r} sent a batch that is not RAW_SCHEMA ({e})"
+                ) from e
+        counts = _ingest.ingest_batch(
+            self._con,
+            events,
+            source_key=source_key,
+            run_id=run_id,
+            checkpoint=batch.checkpoint,
+            fields=self._fields,
+            ids=self._ids if self._ids is not None else _ingest.IdIndex.load(self._con),
+        )
+        self._unflushed += counts.events + counts.rejected
+        if self._unflushed >= _ROW_GROUP_SIZE:
+            self._flush()
+        return counts
+
+    def _flush(self) -> None:
+        """Checkpoint the rows synced so far, then drop DuckDB's cached blocks.
+
+        The blocks just written stay cached until memory runs short, and dropping them now keeps the
+        sync's memory flat however large the lake grows.
+        """
+        self._unflushed = 0
+        with contextlib.suppress(duckdb.Error):  # busy: DuckDB's own trigger will do it
+            q(self._con, "CHECKPOINT")
+            q(self._con, "SET memory_limit = '32MB'")
+            q(self._con, f"SET memory_limit = '{self._sync_memory}'")

@@ -1,0 +1,208 @@
+"""Offline HTML for executed report notebooks (private; ``esworkbench.reports`` re-exports).
+
+Nbconvert's lab template loads require.js, MathJax and mermaid from CDNs, and altair's usual
+chart output loads Vega from one; a report must open with no network at all. So:
+
+- each chart output (one carrying its Vega-Lite spec, see ``charts.enable_renderer``) becomes a
+  static SVG rendered by vl-convert, which any reader sees (scripts off, print, e-mail
+  previews), plus the spec as inline JSON;
+- one inline ``<script type="module">`` holds Vega, Vega-Lite and vega-embed (vl-convert's
+  JavaScript bundle, ~0.9 MB, included once per page) and swaps every SVG for the interactive
+  chart (tooltips, brush zoom, legend selection), marking it ``data-esw-rendered="true"``;
+- a template derived from ``lab`` drops every CDN script (math in markdown stays as typed);
+- the result is scanned: any URL the page would fetch is an error, not a warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Mapping
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+from esworkbench.charts import SPEC_MIME_PREFIX
+from esworkbench.errors import ReportError
+
+__all__ = ["external_urls", "render_html"]
+
+_TEMPLATE_NAME = "esworkbench_offline.html.j2"
+# The lab template, minus every script it would fetch from a CDN, plus one inline Vega bundle.
+_TEMPLATE = """{%- extends 'index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block extra_css -%}
+<style>.esw-chart { margin: 0.5em 0; } .esw-chart svg { max-width: 100%; height: auto; }</style>
+{%- endblock extra_css -%}
+{%- block footer_js -%}
+{%- if resources.esw_vega_bundle -%}
+<script type="module" data-esw-bundle>{{ resources.esw_vega_bundle }}</script>
+{%- endif -%}
+{%- endblock footer_js -%}
+"""
+# Runs inside vl-convert's bundle, where vegaEmbed is in scope. Each chart's static SVG stays
+# visible until its interactive twin has rendered (and stays if rendering fails).
+_EMBED_SNIPPET = """
+for (const box of document.querySelectorAll("div.esw-chart")) {
+  const spec = JSON.parse(box.querySelector("script.esw-chart-spec").textContent);
+  const target = document.createElement("div");
+  box.appendChild(target);
+  vegaEmbed(target, spec, {renderer: "svg", actions: false}).then(() => {
+    box.querySelector(".esw-chart-static")?.remove();
+    box.dataset.eswRendered = "true";
+  }).catch((err) => { target.remove(); box.dataset.eswError = String(err); });
+}
+"""
+
+
+def render_html(notebook: str | Path, html_path: str | Path, *, no_input: bool = False) -> Path:
+    """Render an executed notebook as self-contained HTML that opens without any network.
+
+    Charts (outputs carrying a Vega-Lite spec) become a static SVG plus an interactive
+    rendering by an inline Vega bundle; nbconvert's CDN scripts are left out; images are
+    embedded. Raises ``ReportError`` if any external URL would still be fetched.
+
+    Args:
+        notebook: the executed notebook.
+        html_path: where to write the HTML.
+        no_input: hide code cells and prompts (for reviewers).
+    """
+    import nbformat
+    from jinja2 import DictLoader
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    versions = _replace_chart_outputs(nb)
+    exporter = HTMLExporter(
+        template_name="lab",
+        extra_loaders=[DictLoader({_TEMPLATE_NAME: _TEMPLATE})],
+        template_file=_TEMPLATE_NAME,
+        exclude_input=no_input,
+        exclude_input_prompt=no_input,
+        exclude_output_prompt=no_input,
+        embed_images=True,
+    )
+    resources: dict[str, Any] = {"metadata": {"name": Path(notebook).stem}}
+    if versions:
+        resources["esw_vega_bundle"] = _vega_bundle(max(versions))
+    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    fetched = [u for kind, u in external_urls(body) if kind != "link"]
+    if fetched:
+        raise ReportError(
+            f"the HTML of {notebook} would fetch {len(fetched)} external URL(s), e.g. "
+            f"{fetched[:3]}; display charts after charts.enable_renderer() and embed images"
+        )
+    out = Path(html_path)
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
+_URL_ATTRIBUTES = frozenset(
+    ("src", "href", "xlink:href", "srcset", "data", "poster", "action", "background")
+)
+
+
+def external_urls(html_text: str) -> list[tuple[str, str]]:
+    """External URLs an HTML page refers to, as (kind, url).
+
+    Kinds: "fetch", loaded when the page opens (src, <link href>, CSS url() and @import);
+    "script", named inside an inline script that could load it (altair's usual output builds
+    CDN <script> tags this way); "link", an <a href> a reader may click. The inline Vega
+    bundle (``data-esw-bundle``) and data scripts (JSON) are not searched: their URLs are
+    identifiers ($schema) and links the embed options switch off.
+    """
+    found: list[tuple[str, str]] = []
+    external = re.compile(r"^\s*(https?:)?//", re.IGNORECASE)
+
+    class _Scan(HTMLParser):
+        inside = ""  # "style", "script" (an executable one we search), or ""
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            named = dict(attrs)
+            kind = (named.get("type") or "text/javascript").lower()
+            executable = kind in ("text/javascript", "module", "application/javascript")
+            self.inside = {"style": "style", "script": "script"}.get(tag, "")
+            if tag == "script" and (not executable or "data-esw-bundle" in named):
+                self.inside = ""
+            for key, value in attrs:
+                if value and key in _URL_ATTRIBUTES and external.match(value):
+                    found.append(("link" if tag == "a" and key == "href" else "fetch", value))
+                if key == "style" and value:
+                    found.extend(("fetch", u) for u in _css_urls(value))
+
+        def handle_data(self, data: str) -> None:
+            if self.inside == "style":
+                found.extend(("fetch", u) for u in _css_urls(data))
+            elif self.inside == "script":
+                found.extend(("script", u) for u in re.findall(r"https?://[^\s\"'`)]+", data))
+
+        def handle_endtag(self, tag: str) -> None:
+            self.inside = ""
+
+    _Scan(convert_charrefs=True).feed(html_text)
+    return found
+
+
+def _css_urls(css: str) -> list[str]:
+    pattern = r"""(?:url\(\s*["']?|@import\s+["'])\s*((?:https?:)?//[^"')\s]+)"""
+    return re.findall(pattern, css, re.IGNORECASE)
+
+
+def _replace_chart_outputs(nb: Any) -> list[tuple[int, int]]:
+    """Swap each chart output for static SVG + spec; return the Vega-Lite versions seen."""
+    import vl_convert as vlc
+
+    versions = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = output.get("data", {})
+            key = next((k for k in data if k.startswith(SPEC_MIME_PREFIX)), None)
+            if key is None:
+                continue
+            spec = data[key]
+            version = _vl_version(spec)
+            versions.append(version)
+            try:
+                svg = vlc.vegalite_to_svg(spec, vl_version=f"{version[0]}.{version[1]}")
+            except Exception as e:  # vl-convert raises plain ValueErrors on bad specs
+                raise ReportError(f"cannot render a chart of {cell.get('id', '?')}: {e}") from e
+            svg = re.sub(r"^<\?xml[^>]*>\s*", "", svg)
+            spec_json = json.dumps(spec, separators=(",", ":")).replace("<", "\\u003c")
+            output["data"] = {
+                "text/html": (
+                    f'<div class="esw-chart"><div class="esw-chart-static">{svg}</div>'
+                    f'<script type="application/json" class="esw-chart-spec">{spec_json}'
+                    "</script></div>"
+                ),
+                "text/plain": data.get("text/plain", "<chart>"),
+            }
+    return versions
+
+
+def _vl_version(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """The vl-convert Vega-Lite version closest to (not above) the spec's $schema version."""
+    import vl_convert as vlc
+
+    available = sorted(tuple(int(p) for p in v.split(".")[:2]) for v in vlc.get_vegalite_versions())
+    match = re.search(r"/v(\d+)\.(\d+)", str(spec.get("$schema", "")))
+    wanted = (int(match[1]), int(match[2])) if match else available[-1]
+    same_major = [v for v in available if v[0] == wanted[0] and v <= wanted]
+    if not same_major:
+        raise ReportError(
+            f"vl-convert cannot render Vega-Lite {wanted[0]}.{wanted[1]} charts "
+            f"(it knows {available}); upgrade vl-convert-python"
+        )
+    return same_major[-1]  # type: ignore[return-value]
+
+
+@functools.cache
+def _vega_bundle(version: tuple[int, int]) -> str:
+    import vl_convert as vlc
+
+    bundle: str = vlc.javascript_bundle(_EMBED_SNIPPET, vl_version=f"{version[0]}.{version[1]}")
+    # An inline script ends at the first "</script" whatever the quotes; escape it in strings.
+    return re.sub(r"</(script)", r"<\\/\1", bundle, flags=re.IGNORECASE)

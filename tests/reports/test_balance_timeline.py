@@ -1,0 +1,177 @@
+"""The balance-timeline sections: given a state timeline, these frames come out, exactly."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from esworkbench.errors import ConfigError
+from esworkbench.reports import balance_timeline as tl
+
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
+MONEY = pl.Decimal(38, 2)
+
+
+def frame(rows: list[tuple[str, int, float, str]]) -> pl.DataFrame:
+    """A timeline from (stream, revision, hours after T0, balance) rows."""
+    return pl.DataFrame(
+        {
+            "stream_name": [r[0] for r in rows],
+            "stream_revision": [r[1] for r in rows],
+            "commit_position": list(range(1, len(rows) + 1)),
+            "occurred_at": [T0 + timedelta(hours=r[2]) for r in rows],
+            "event_type": ["BalanceDeposited"] * len(rows),
+            "event_id": [f"{r[0]}/{r[1]}" for r in rows],
+            "balance": [Decimal(r[3]) for r in rows],
+        },
+        schema_overrides={
+            "stream_revision": pl.UInt64,
+            "commit_position": pl.UInt64,
+            "occurred_at": pl.Datetime("us", "UTC"),
+            "balance": MONEY,
+        },
+    )
+
+
+LEDGER = frame(
+    [
+        ("a", 0, 0, "0.00"),
+        ("a", 1, 5, "10.00"),
+        ("a", 2, 30, "4.50"),
+        ("b", 0, 2, "0.00"),
+        ("b", 1, 26, "-20.00"),
+        ("b", 2, 50, "100.10"),
+    ]
+)
+
+
+def test_balance_at_counts_events_from_when_they_happened() -> None:
+    # b's revision 1 is back-dated before revision 0; a's revision 2 happened later than 3.
+    shuffled = frame(
+        [
+            ("a", 0, 0, "1.00"),
+            ("a", 1, 10, "2.00"),
+            ("a", 2, 20, "3.00"),
+            ("b", 0, 5, "5.00"),
+            ("b", 1, 1, "7.00"),
+        ]
+    )
+    at = tl.balance_at(shuffled, T0 + timedelta(hours=12))
+    # a: revisions 0 and 1 had happened; b: revision 1 (stamped earlier) and 0 both had.
+    assert at.rows() == [("a", Decimal("2.00")), ("b", Decimal("7.00"))]
+    early = tl.balance_at(shuffled, T0 + timedelta(hours=2))
+    # At 02:00 only b's revision 1 had happened; its state includes revision 0 (replay order).
+    assert early.rows() == [("a", Decimal("1.00")), ("b", Decimal("7.00"))]
+
+
+def test_end_of_period_balances_carry_forward() -> None:
+    periods = tl.end_of_period(LEDGER, every="1d")
+    assert periods.filter(pl.col("stream_name") == "a").select("balance", "events").rows() == [
+        (Decimal("10.00"), 2),
+        (Decimal("4.50"), 1),
+        (Decimal("4.50"), 0),
+    ]
+    assert periods.filter(pl.col("stream_name") == "b")["balance"].to_list() == [
+        Decimal("0.00"),
+        Decimal("-20.00"),
+        Decimal("100.10"),
+    ]
+
+
+def test_bank_totals_equal_the_sum_of_end_of_period_balances() -> None:
+    for every, since, until in (
+        ("1d", None, None),
+        ("6h", T0 + timedelta(hours=3), T0 + timedelta(hours=40)),
+    ):
+        totals = tl.bank_totals(LEDGER, every=every, since=since, until=until)
+        by_period = (
+            tl.end_of_period(LEDGER, every=every, since=since, until=until)
+            .group_by("period_end")
+            .agg(pl.col("balance").sum().alias("total"))
+        )
+        joined = totals.join(by_period, on="period_end", how="left", suffix="_sum")
+        assert joined.height == totals.height > 0
+        assert (joined["total"] == joined["total_sum"].fill_null(Decimal("0"))).all()
+        assert totals.schema["total"] == MONEY
+
+
+def test_a_window_gets_opening_and_closing_rows() -> None:
+    since, until = T0 + timedelta(hours=4), T0 + timedelta(hours=29)
+    windowed = tl.window(LEDGER, since=since, until=until)
+    edges = windowed.filter(pl.col("event_type").str.starts_with("("))
+    assert edges.select("stream_name", "occurred_at", "event_type", "balance").rows() == [
+        ("a", since, "(balance at start)", Decimal("0.00")),
+        ("a", until, "(balance at end)", Decimal("10.00")),
+        ("b", since, "(balance at start)", Decimal("0.00")),
+        ("b", until, "(balance at end)", Decimal("-20.00")),
+    ]
+    assert windowed.filter(~pl.col("event_type").str.starts_with("(")).height == 2
+
+
+def test_stream_summary_opening_closing_change_low_high() -> None:
+    summary = tl.stream_summary(
+        LEDGER, since=T0 + timedelta(hours=4), until=T0 + timedelta(hours=40)
+    )
+    expected = pl.DataFrame(
+        {
+            "stream_name": ["a", "b"],
+            "opening": ["0.00", "0.00"],
+            "closing": ["4.50", "-20.00"],
+            "change": ["4.50", "-20.00"],
+            "low": ["0.00", "-20.00"],
+            "high": ["10.00", "0.00"],
+            "events": [2, 1],
+        },
+        schema_overrides={"events": pl.UInt32},
+    ).with_columns(pl.exclude("stream_name", "events").cast(MONEY))
+    assert_frame_equal(summary, expected)
+
+
+def test_largest_swings_either_way() -> None:
+    swings = tl.largest_swings(LEDGER, n=2)
+    assert swings.select("stream_name", "stream_revision", "change").rows() == [
+        ("b", 2, Decimal("120.10")),
+        ("b", 1, Decimal("-20.00")),
+    ]
+
+
+def test_most_active_and_scope() -> None:
+    assert tl.most_active(LEDGER, 1) == ["a"]  # tie on events: by name
+    assert tl.most_active(LEDGER, 1, since=T0 + timedelta(hours=20)) == ["b"]
+    assert tl.most_active(LEDGER, None) == ["a", "b"]
+    assert tl.scope_filters("user", user_ids=["7", 8]) == {"streams": ["user-7", "user-8"]}
+    assert tl.scope_filters("user", stream_prefix="user-1") == {"stream_prefix": "user-1"}
+    assert tl.scope_filters("user") == {"category": "user"}
+
+
+def test_payload_amounts_join_as_exact_decimals() -> None:
+    events = pl.DataFrame(
+        {
+            "event_id": ["a/1", "a/2"],
+            "data": [
+                json.dumps({"amount": "10.00", "newBalance": "10.00"}),
+                json.dumps({"amount": "5.50", "newBalance": "4.51"}),
+            ],
+        }
+    )
+    joined = tl.with_payload(LEDGER, events)
+    assert joined.filter(pl.col("stream_name") == "a").select("amount", "new_balance").rows() == [
+        (None, None),
+        (Decimal("10.00"), Decimal("10.00")),
+        (Decimal("5.50"), Decimal("4.51")),
+    ]
+    assert joined.height == LEDGER.height
+
+
+def test_bad_periods_and_windows_say_the_fix() -> None:
+    with pytest.raises(ConfigError, match="coarser period"):
+        tl.end_of_period(LEDGER, every="1m", since=T0, until=T0 + timedelta(days=30))
+    with pytest.raises(ConfigError, match="ISO 8601"):
+        tl.balance_report("unused.duckdb", since="last tuesday")
+    with pytest.raises(ConfigError, match="not a Polars duration"):
+        tl.balance_report("unused.duckdb", every="fortnightly")
