@@ -20,11 +20,13 @@ import dataclasses
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from esworkbench.config import mask_uri
 from esworkbench.errors import ConfigError
 from esworkbench.events import RAW_SCHEMA
 
@@ -368,7 +370,7 @@ def open_source(
         >>> open_source("esdb://127.0.0.1:2113?tls=false", reader="plain").describe()
         'EventStoreDB esdb://127.0.0.1:2113?tls=false (plain reader)'
     """
-    if re.match(r"^esdb(\+discover)?://", location):
+    if _looks_like_a_uri(location):
         from esworkbench.sources.esdb import EsdbSource
 
         return EsdbSource(location, reader=reader, filter=filter, follow=follow)
@@ -377,3 +379,13 @@ def open_source(
     from esworkbench.sources.files import open_archive
 
     return open_archive(location, filter=filter)
+
+
+def _looks_like_a_uri(location: str) -> bool:
+    # Anything URI-like goes to EsdbSource, which refuses malformed ones with the password
+    # masked; as an archive path it would be echoed whole in descriptions and errors. Paths that
+    # exist stay paths, and 'C:/...' (one letter) is a Windows drive, not a scheme.
+    if Path(location).exists():
+        return False
+    scheme_like = re.match(r"\s*[A-Za-z][A-Za-z0-9+.\-]+:", location) is not None
+    return scheme_like or mask_uri(location) != location
