@@ -66,12 +66,22 @@ def main() -> None:
     help="Keep an append-only log here (default: in memory only).",
 )
 @click.option("--max-append-size", type=int, default=None, help="Largest append in bytes.")
+@click.option(
+    "--salvage",
+    is_flag=True,
+    help="Repair a log damaged before its last frame: copy it aside, keep every frame that "
+    "still verifies, list what is dropped. Without it such a log is refused, untouched.",
+)
 @_clean_errors
-def devserver(host: str, port: int, data_dir: Path | None, max_append_size: int | None) -> None:
+def devserver(
+    host: str, port: int, data_dir: Path | None, max_append_size: int | None, salvage: bool
+) -> None:
     """Run the EventStoreDB-compatible development server in the foreground (Ctrl-C stops)."""
     from esworkbench.devserver import serve_forever
 
-    options = {} if max_append_size is None else {"max_append_size": max_append_size}
+    options: dict[str, Any] = {"salvage": salvage}
+    if max_append_size is not None:
+        options["max_append_size"] = max_append_size
     serve_forever(host, port, data_dir, **options)
 
 

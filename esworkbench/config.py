@@ -16,22 +16,101 @@ from typing import Any, Literal, get_args
 
 from esworkbench.errors import ConfigError
 
-__all__ = ["Reader", "Settings", "mask_uri"]
+__all__ = ["Reader", "Settings", "check_esdb_uri", "mask_uri"]
 
 Reader = Literal["fast", "plain"]
 
 _PREFIX = "ESWORKBENCH_"
-_USERINFO = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/]*)(:[^@/]*)?@")
+_ESDB_SCHEMES = ("esdb", "esdb+discover")
+_KURRENT_SCHEMES = ("kurrentdb", "kurrentdb+discover")
+_EXAMPLE_URI = "esdb://127.0.0.1:2113?tls=false"
+# A well-formed URI: scheme://[user[:password]@]rest, where rest (hosts, path, query) holds no
+# '@'. A password may hold anything but the characters that end the authority ('@/?#') and
+# line breaks; whatever does not fit this shape is masked by the fallback in mask_uri.
+_WELL_FORMED = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://"
+    r"(?:(?P<user>[^:@/?#\s]*)(?P<password>:[^@/?#\r\n]*)?@)?"
+    r"(?P<rest>[^@\s]*)"
+)
+_LEADING_SPACE = re.compile(r"\s*")
+# Where a malformed URI's user name starts: after a scheme with its slashes (typos such as
+# 'esdb:/' included), or after a known scheme written without slashes ('esdb:').
+_SCHEME_PREFIX = re.compile(
+    r"\s*(?:[A-Za-z][A-Za-z0-9+.\-]*:[/\\]+|(?:esdb|kurrentdb)(?:\+discover)?:)", re.IGNORECASE
+)
 
 
 def mask_uri(uri: str) -> str:
     """The URI with any password replaced by '***' (user names stay: they help debugging).
 
+    A well-formed URI is parsed. Anything else that holds an '@' (a password with '/' or '@'
+    in it, leading whitespace, an 'esdb:/' typo, a URI inside a message) has everything from
+    the first ':' after the scheme and user name up to the last '@' masked: too much rather
+    than too little. Masking a masked URI changes nothing.
+
     Example:
         >>> mask_uri("esdb://admin:changeit@localhost:2113?tls=true")
         'esdb://admin:***@localhost:2113?tls=true'
+        >>> mask_uri("esdb://admin:pa/ss@word@localhost:2113")
+        'esdb://admin:***@localhost:2113'
+        >>> mask_uri("esdb:/admin:changeit@localhost:2113")
+        'esdb:/admin:***@localhost:2113'
     """
-    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", uri, count=1)
+    lead = _LEADING_SPACE.match(uri)
+    start = lead.end() if lead else 0
+    m = _WELL_FORMED.fullmatch(uri.rstrip(), start)
+    if m is not None:
+        if m["password"] is None:
+            return uri
+        return f"{uri[: m.start('password')]}:***{uri[m.end('password') :]}"
+    at = uri.rfind("@")
+    if at < 0:
+        return uri
+    prefix = _SCHEME_PREFIX.match(uri, 0, at)
+    user_start = prefix.end() if prefix else 0
+    colon = uri.find(":", user_start, at)
+    if colon < 0:
+        return uri  # only a user name before the '@'
+    return f"{uri[:colon]}:***{uri[at:]}"
+
+
+def check_esdb_uri(uri: str, *, name: str = "the connection string") -> str:
+    """``uri`` if it is an EventStoreDB connection string esdbclient reads as meant.
+
+    Args:
+        uri: The connection string.
+        name: What to call it in the error (a setting, an argument).
+
+    Raises:
+        ConfigError: It is not one; the message shows it with the password masked.
+
+    Example:
+        >>> check_esdb_uri("esdb://admin:changeit@db:2113?tls=true")
+        'esdb://admin:changeit@db:2113?tls=true'
+    """
+    shown = repr(mask_uri(uri))
+    if uri != uri.strip():
+        raise ConfigError(f"{name} starts or ends with whitespace: remove it (got {shown})")
+    m = _WELL_FORMED.fullmatch(uri)
+    scheme = (m["scheme"] if m else uri.partition(":")[0]).lower()
+    if scheme in _KURRENT_SCHEMES:
+        raise ConfigError(
+            f"{name} uses the {scheme}:// scheme, which the EventStoreDB client (esdbclient) "
+            f"does not read; KurrentDB speaks the same protocol, so write it as "
+            f"{scheme.replace('kurrentdb', 'esdb')}://... (got {shown})"
+        )
+    if m is None and "@" in uri and uri.lower().startswith(tuple(s + "://" for s in _ESDB_SCHEMES)):
+        raise ConfigError(
+            f"{name} has a user name or password holding '@', '/', '?', '#' or a line break, "
+            "which a connection string cannot carry (the client would read part of the "
+            f"password as the host): use a password without them (got {shown})"
+        )
+    if m is None or m["scheme"] not in _ESDB_SCHEMES:
+        raise ConfigError(
+            f"{name} must start with esdb:// or esdb+discover:// (an EventStoreDB connection "
+            f"string such as {_EXAMPLE_URI!r}), got {shown}"
+        )
+    return uri
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,10 +170,16 @@ class Settings:
                 f"{where('reader')} must be one of {list(get_args(Reader))}, "
                 f"got {values['reader']!r}"
             )
-        uri = values.get("esdb_uri")
-        if uri is not None and not re.match(r"^esdb(\+discover)?://", str(uri)):
-            raise ConfigError(
-                f"{where('esdb_uri')} must be an EventStoreDB connection string such as "
-                f"'esdb://127.0.0.1:2113?tls=false', got {mask_uri(str(uri))!r}"
-            )
+        if values.get("esdb_uri") is not None:
+            check_esdb_uri(str(values["esdb_uri"]), name=where("esdb_uri"))
         return cls(**values)
+
+    def __repr__(self) -> str:
+        # Settings get printed and logged: never with the password.
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "esdb_uri" and value is not None:
+                value = mask_uri(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"

@@ -18,10 +18,11 @@ Use it in-process::
 
 or in the foreground: ``python -m esworkbench.devserver --port 2113 --data ./esdb-data``.
 
-Layout, in data-flow order: ``log`` (the durable frames), ``wire`` (pre-serialized read
-responses), ``records`` (what is stored per event and per stream), ``store`` (the index and
-the write rules), ``reads`` (reads and subscriptions), ``messages`` (protobuf requests in,
-exact error shapes out), ``streams`` / ``services`` (gRPC servicers), ``server`` (lifecycle).
+Layout, in data-flow order: ``log`` (the durable frames), ``salvage`` (``--salvage``: repair
+a damaged log), ``wire`` (pre-serialized read responses), ``records`` (what is stored per event
+and per stream), ``store`` (the index and the write rules), ``reads`` (reads and
+subscriptions), ``messages`` (protobuf requests in, exact error shapes out), ``streams`` /
+``services`` (gRPC servicers), ``server`` (lifecycle).
 """
 
 from esworkbench.devserver.server import DEFAULT_PORT, DevServer, open_store, serve_forever, start

@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-append-size", type=int, default=DEFAULT_MAX_APPEND_SIZE, help="bytes per append"
     )
+    parser.add_argument(
+        "--salvage",
+        action="store_true",
+        help="repair a log damaged before its last frame: copy it aside, then keep every frame "
+        "that still verifies and list what is dropped (without this, such a log is refused)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -37,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             advertise_host=args.advertise_host,
             advertise_port=args.advertise_port,
             max_append_size=args.max_append_size,
+            salvage=args.salvage,
         )
     except DevServerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -27,6 +27,7 @@ from esdbclient.protos.Grpc import (
 
 from esworkbench.devserver.log import LOG_FILE_NAME, FileLog, MemoryLog
 from esworkbench.devserver.messages import DEFAULT_MAX_APPEND_SIZE
+from esworkbench.devserver.salvage import SalvageReport, salvage_log
 from esworkbench.devserver.services import (
     GossipServicer,
     PersistentSubscriptionsServicer,
@@ -78,14 +79,25 @@ def _streams_handlers(servicer: StreamsServicer) -> dict[str, grpc.RpcMethodHand
     }
 
 
-def open_store(data_dir: str | Path | None) -> EventStore:
+def open_store(data_dir: str | Path | None, *, salvage: bool = False) -> EventStore:
     """Open the event store: in memory, or the log file in ``data_dir`` (created if missing).
 
+    Args:
+        data_dir: Directory of the durable log; None keeps everything in memory.
+        salvage: Repair a damaged log (copied aside first) instead of refusing it.
+
     Raises:
-        DevServerError: The log is damaged, not a dev-server log, or in use by another server.
+        DevServerError: The log is damaged (and ``salvage`` is off), not a dev-server log of
+            this format version, or in use by another server.
     """
+    return _open_store(data_dir, salvage=salvage)[0]
+
+
+def _open_store(
+    data_dir: str | Path | None, *, salvage: bool
+) -> tuple[EventStore, SalvageReport | None]:
     if data_dir is None:
-        return EventStore(MemoryLog())
+        return EventStore(MemoryLog()), None
     directory = Path(data_dir)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -93,7 +105,8 @@ def open_store(data_dir: str | Path | None) -> EventStore:
         raise DevServerError(f"cannot create data directory {directory}: {e}") from e
     log = FileLog(directory / LOG_FILE_NAME)
     try:
-        return EventStore(log, log.read_records())
+        report = salvage_log(log) if salvage else None
+        return EventStore(log, log.read_records()), report
     except BaseException:
         log.close()
         raise
@@ -114,6 +127,8 @@ class DevServer:
         advertise_port: Port announced by ``Gossip.Read`` (default: the bound port).
         max_append_size: Largest total size of one append, in bytes.
         max_workers: gRPC worker threads; each open read or subscription holds one.
+        salvage: Repair a damaged log instead of refusing to start (see
+            ``esworkbench.devserver.salvage``); the report is in ``salvage_report``.
 
     Example:
         >>> server = DevServer().start()
@@ -132,6 +147,7 @@ class DevServer:
         advertise_port: int | None = None,
         max_append_size: int = DEFAULT_MAX_APPEND_SIZE,
         max_workers: int = 128,
+        salvage: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -142,6 +158,9 @@ class DevServer:
         self._max_workers = max_workers
         self._server: grpc.Server | None = None
         self._store: EventStore | None = None
+        self._salvage = salvage
+        self.salvage_report: SalvageReport | None = None
+        """What ``--salvage`` did to the log, once started with ``salvage=True``."""
 
     @property
     def connect_host(self) -> str:
@@ -173,7 +192,7 @@ class DevServer:
         """
         if self._server is not None:
             raise DevServerError("the development server is already running")
-        store = open_store(self.data_dir)
+        store, self.salvage_report = _open_store(self.data_dir, salvage=self._salvage)
         server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=self._max_workers, thread_name_prefix="esdb-devserver"

@@ -26,6 +26,7 @@ from esdbclient.protos.Grpc import streams_pb2
 from esworkbench.devserver.log import (
     FRAME_HEADER_SIZE,
     RECORD_HEADER_SIZE,
+    SALVAGE_HINT,
     EventLog,
     LogCorruptError,
 )
@@ -322,7 +323,7 @@ class EventStore:
         if event.revision != len(state.events):
             raise LogCorruptError(
                 f"stream {event.stream!r}: revision {event.revision} follows "
-                f"{len(state.events) - 1} at position {event.position}"
+                f"{len(state.events) - 1} at position {event.position}. {SALVAGE_HINT}"
             )
         state.events.append(event)
         state.ids[event.event_id] = event.revision
@@ -343,7 +344,8 @@ class EventStore:
             msg = streams_pb2.ReadResp.ReadEvent.RecordedEvent.FromString(record)
             if msg.commit_position != position:
                 raise LogCorruptError(
-                    f"record at offset {position} claims position {msg.commit_position}"
+                    f"record at offset {position} claims position {msg.commit_position}. "
+                    + SALVAGE_HINT
                 )
             created = int(msg.metadata["created"])
             stored.append(

@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from esworkbench.config import mask_uri
 from esworkbench.errors import ConfigError
 from esworkbench.events import RAW_SCHEMA
 from esworkbench.filters import SYSTEM_EVENT_TYPE_REGEX, EventFilter, FilterOptions
@@ -131,7 +133,7 @@ def open_source(
         >>> open_source("esdb://127.0.0.1:2113?tls=false", reader="plain").describe()
         'EventStoreDB esdb://127.0.0.1:2113?tls=false (plain reader)'
     """
-    if re.match(r"^esdb(\+discover)?://", location):
+    if _looks_like_a_uri(location):
         from esworkbench.sources.esdb import EsdbSource
 
         return EsdbSource(location, reader=reader, filter=filter, follow=follow)
@@ -140,3 +142,13 @@ def open_source(
     from esworkbench.sources.files import open_archive
 
     return open_archive(location, filter=filter)
+
+
+def _looks_like_a_uri(location: str) -> bool:
+    # Anything URI-like goes to EsdbSource, which refuses malformed ones with the password
+    # masked; as an archive path it would be echoed whole in descriptions and errors. Paths that
+    # exist stay paths, and 'C:/...' (one letter) is a Windows drive, not a scheme.
+    if Path(location).exists():
+        return False
+    scheme_like = re.match(r"\s*[A-Za-z][A-Za-z0-9+.\-]+:", location) is not None
+    return scheme_like or mask_uri(location) != location

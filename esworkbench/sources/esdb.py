@@ -42,7 +42,7 @@ from esdbclient.connection_spec import ConnectionSpec
 from esdbclient.exceptions import EventStoreDBClientException
 from esdbclient.protos.Grpc import shared_pb2, streams_pb2, streams_pb2_grpc
 
-from esworkbench.config import mask_uri
+from esworkbench.config import check_esdb_uri, mask_uri
 from esworkbench.errors import ConfigError, SourceError
 from esworkbench.events import RAW_SCHEMA
 from esworkbench.sources import EventFilter, SourceBatch
@@ -94,6 +94,15 @@ class EsdbSource:
     ) -> None:
         if reader not in ("fast", "plain"):
             raise ConfigError(f"reader must be 'fast' or 'plain', got {reader!r}")
+        # Checked here, before any library sees it: esdbclient would read part of a password
+        # holding '@' as a host name and quote it in keys and errors.
+        check_esdb_uri(uri, name="the EventStoreDB connection string")
+        try:
+            ConnectionSpec(uri)
+        except ValueError as e:
+            raise ConfigError(
+                f"not an EventStoreDB connection string: {mask_uri(uri)!r} ({_mask(str(e), uri)})"
+            ) from None
         self.uri = uri
         self.reader: Reader = reader
         self.filter = filter or EventFilter()

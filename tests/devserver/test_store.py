@@ -5,10 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esworkbench.devserver.log import LOG_FILE_NAME, FileLog, MemoryLog
+from esworkbench.devserver.log import HEADER_SIZE, LOG_FILE_NAME, FileLog, MemoryLog
 from esworkbench.devserver.records import (
     ANY,
     MAX_REVISION,
@@ -20,6 +21,7 @@ from esworkbench.devserver.records import (
 )
 from esworkbench.devserver.server import open_store
 from esworkbench.devserver.store import EventStore
+from esworkbench.errors import DevServerError
 
 STREAMS = ["a", "b", "$$a", "c"]
 expectations = st.one_of(st.sampled_from([ANY, NO_STREAM, STREAM_EXISTS]), st.integers(0, 4))
@@ -124,6 +126,12 @@ def test_a_log_cut_anywhere_recovers_whole_appends(batches: list[int], where: fl
         cut = int(where * path.stat().st_size)
         with path.open("r+b") as f:
             f.truncate(cut)
+        if cut < HEADER_SIZE:
+            # The header is created whole (linked into place), so a shorter file is not ours.
+            with pytest.raises(DevServerError, match="left untouched"):
+                open_store(tmp)
+            assert path.stat().st_size == cut
+            return
         reopened = open_store(tmp)
         try:
             state = reopened.stream("s")
