@@ -20,17 +20,18 @@ from typing import Any
 import grpc
 from esdbclient.protos.Grpc import (
     gossip_pb2_grpc,
-    persistent_pb2_grpc,
     projections_pb2_grpc,
     streams_pb2,
 )
 
 from esworkbench.devserver.log import LOG_FILE_NAME, FileLog, MemoryLog
-from esworkbench.devserver.services import (
-    GossipServicer,
+from esworkbench.devserver.persistent_service import (
+    PERSISTENT_SERVICE,
     PersistentSubscriptionsServicer,
-    ProjectionsServicer,
+    Registry,
+    persistent_handlers,
 )
+from esworkbench.devserver.services import GossipServicer, ProjectionsServicer
 from esworkbench.devserver.store import EventStore
 from esworkbench.devserver.streams import DEFAULT_MAX_APPEND_SIZE, StreamsServicer
 from esworkbench.errors import DevServerError
@@ -101,8 +102,8 @@ def open_store(data_dir: str | Path | None) -> EventStore:
 class DevServer:
     """An EventStoreDB-compatible gRPC server for development, demos and tests.
 
-    Not a production store: a single node, no TLS, no authentication, no projections or
-    persistent subscriptions, and every event indexed in memory.
+    Not a production store: a single node, no TLS, no authentication, no projections, and
+    every event indexed in memory.
 
     Args:
         host: Interface to listen on.
@@ -205,9 +206,11 @@ class DevServer:
         )
         server.add_registered_method_handlers(_STREAMS_SERVICE, handlers)
         gossip_pb2_grpc.add_GossipServicer_to_server(gossip, server)
-        persistent_pb2_grpc.add_PersistentSubscriptionsServicer_to_server(
-            PersistentSubscriptionsServicer(), server
+        persistent = persistent_handlers(PersistentSubscriptionsServicer(Registry(store)))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(PERSISTENT_SERVICE, persistent),)
         )
+        server.add_registered_method_handlers(PERSISTENT_SERVICE, persistent)
         projections_pb2_grpc.add_ProjectionsServicer_to_server(ProjectionsServicer(), server)
         server.start()
         self._server = server

@@ -195,3 +195,22 @@ def read_resp_stream_not_found(stream_name: str) -> bytes:
 READ_RESP_CAUGHT_UP: bytes = bytes(
     streams_pb2.ReadResp(caught_up=streams_pb2.ReadResp.CaughtUp()).SerializeToString()
 )
+
+
+def persistent_read_resp(
+    event: bytes | None, link: bytes | None, position: int, retry_count: int
+) -> bytes:
+    """``persistent.ReadResp{event: ReadEvent{event, link, commit_position, retry_count}}``.
+
+    The persistent ``RecordedEvent`` has the same fields as the streams one, so stored records
+    are embedded as they are. ``event`` None (a link whose target is gone) leaves it unset,
+    which clients skip.
+    """
+    read_event = b""
+    if event is not None:
+        read_event += _field(_TAG_1_LEN, event)
+    if link is not None:
+        read_event += _field(_TAG_2_LEN, link)
+    # commit_position = 3 (varint); retry_count = 5 (varint; set even when 0, it is in a oneof).
+    read_event += _TAG_3_VARINT + varint(position) + _TAG_5_VARINT + varint(retry_count)
+    return _field(_TAG_1_LEN, read_event)
