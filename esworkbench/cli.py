@@ -66,12 +66,27 @@ def main() -> None:
     help="Keep an append-only log here (default: in memory only).",
 )
 @click.option("--max-append-size", type=int, default=None, help="Largest append in bytes.")
+@click.option(
+    "--advertise-host",
+    default=None,
+    help="Host announced to clients by gossip (default: --host, or 127.0.0.1 for 0.0.0.0).",
+)
 @_clean_errors
-def devserver(host: str, port: int, data_dir: Path | None, max_append_size: int | None) -> None:
+def devserver(
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    max_append_size: int | None,
+    advertise_host: str | None,
+) -> None:
     """Run the EventStoreDB-compatible development server in the foreground (Ctrl-C stops)."""
     from esworkbench.devserver import serve_forever
 
-    options = {} if max_append_size is None else {"max_append_size": max_append_size}
+    options: dict[str, object] = {}
+    if max_append_size is not None:
+        options["max_append_size"] = max_append_size
+    if advertise_host:
+        options["advertise_host"] = advertise_host
     serve_forever(host, port, data_dir, **options)
 
 
