@@ -6,8 +6,9 @@ encoding is byte-for-byte what the generated ``streams_pb2`` classes produce wit
 ``SerializeToString(deterministic=True)`` (fields in number order, map keys sorted, default
 values omitted); ``tests/devserver/test_wire.py`` holds the two equal.
 
-Rare messages (confirmation, checkpoint, caught-up, stream-not-found) are built with the
-generated classes instead: they are not worth hand-encoding.
+Rare messages (confirmation, stream-not-found) are built with the generated classes instead.
+Checkpoint and caught-up messages are hand-encoded because they carry fields (timestamps,
+resume positions) that only newer protocol versions declare.
 """
 
 from __future__ import annotations
@@ -172,14 +173,37 @@ def read_resp_confirmation(subscription_id: str) -> bytes:
     return bytes(msg.SerializeToString())
 
 
-def read_resp_checkpoint(position: int) -> bytes:
-    """``ReadResp{checkpoint{commit_position, prepare_position}}``."""
-    msg = streams_pb2.ReadResp(
-        checkpoint=streams_pb2.ReadResp.Checkpoint(
-            commit_position=position, prepare_position=position
-        )
-    )
-    return bytes(msg.SerializeToString())
+def _timestamp(now_ns: int) -> bytes:
+    # google.protobuf.Timestamp{seconds = 1, nanos = 2}, both varints.
+    seconds, nanos = divmod(now_ns, 1_000_000_000)
+    return b"\x08" + varint(seconds) + (b"\x10" + varint(nanos) if nanos else b"")
+
+
+def read_resp_checkpoint(position: int, now_ns: int) -> bytes:
+    """``ReadResp{checkpoint{commit_position, prepare_position, timestamp}}``.
+
+    ``timestamp`` (field 3) is what servers from 24.x on add and ``kurrentdbclient`` reads as
+    the checkpoint's ``recorded_at``; older clients skip it as an unknown field.
+    """
+    pos = varint(position)
+    checkpoint = b"\x08" + pos + b"\x10" + pos + _field(_TAG_3_LEN, _timestamp(now_ns))
+    return _field(_TAG_3_LEN, checkpoint)
+
+
+def read_resp_caught_up(now_ns: int, *, revision: int | None, position: int | None) -> bytes:
+    """``ReadResp{caught_up{timestamp, stream_revision, position}}`` (the newer protocol).
+
+    ``stream_revision`` (a stream subscription's last revision) and ``position`` (a ``$all``
+    subscription's resume point) are left out when the source is empty, as on the real server.
+    Clients of the older protocol see an empty ``CaughtUp`` and ignore the fields.
+    """
+    body = _field(_TAG_1_LEN, _timestamp(now_ns))
+    if revision is not None:
+        body += b"\x10" + varint(revision)
+    if position is not None:
+        pos = varint(position)
+        body += _field(_TAG_3_LEN, b"\x08" + pos + b"\x10" + pos)
+    return _field(_TAG_8_LEN, body)
 
 
 def read_resp_stream_not_found(stream_name: str) -> bytes:
@@ -190,11 +214,6 @@ def read_resp_stream_not_found(stream_name: str) -> bytes:
         )
     )
     return bytes(msg.SerializeToString())
-
-
-READ_RESP_CAUGHT_UP: bytes = bytes(
-    streams_pb2.ReadResp(caught_up=streams_pb2.ReadResp.CaughtUp()).SerializeToString()
-)
 
 
 def persistent_read_resp(

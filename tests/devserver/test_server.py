@@ -11,12 +11,12 @@ from collections.abc import Callable
 import pytest
 from esdbclient import EventStoreDBClient, StreamState
 from esdbclient.exceptions import ServiceUnavailable
+from esdbclient.protos.Grpc import streams_pb2
 
 from esworkbench import devserver
 from esworkbench.devserver.log import MemoryLog
 from esworkbench.devserver.reads import Filter, subscribe_all
 from esworkbench.devserver.store import EventStore
-from esworkbench.devserver.wire import READ_RESP_CAUGHT_UP, read_resp_checkpoint
 from esworkbench.errors import DevServerError
 from tests.devserver.conftest import events, needs_devserver
 
@@ -66,7 +66,9 @@ def test_catch_up_checkpoint_of_an_empty_log_is_zero() -> None:
     out = list(
         subscribe_all(store, _Never(), after=None, from_end=False, flt=flt, resolve_links=False)
     )
-    assert out[1:] == [read_resp_checkpoint(0), READ_RESP_CAUGHT_UP]
+    kinds = [streams_pb2.ReadResp.FromString(m).WhichOneof("content") for m in out[1:]]
+    assert kinds == ["checkpoint", "caught_up"]
+    assert streams_pb2.ReadResp.FromString(out[1]).checkpoint.commit_position == 0
 
 
 @pytest.mark.parametrize("stop_with", [signal.SIGTERM, signal.SIGINT])
