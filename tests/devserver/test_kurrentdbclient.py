@@ -80,4 +80,3 @@ def test_kurrentdbclient_sees_positions_and_timestamps(kurrentdb_python: Path) -
     assert checkpoint["commit_position"] == all_caught_up["commit_position"] == last
     for message in (checkpoint, all_caught_up):
         assert before - 1 <= message["recorded_at"] <= after + 1
-
