@@ -71,6 +71,12 @@ def main() -> None:
     default=None,
     help="Host announced to clients by gossip (default: --host, or 127.0.0.1 for 0.0.0.0).",
 )
+@click.option(
+    "--compress-responses",
+    type=click.Choice(["gzip"]),
+    default=None,
+    help="Gzip responses for clients that accept gzip (as KurrentDB 25.1+ can).",
+)
 @_clean_errors
 def devserver(
     host: str,
@@ -78,6 +84,7 @@ def devserver(
     data_dir: Path | None,
     max_append_size: int | None,
     advertise_host: str | None,
+    compress_responses: str | None,
 ) -> None:
     """Run the EventStoreDB-compatible development server in the foreground (Ctrl-C stops)."""
     from esworkbench.devserver import serve_forever
@@ -87,6 +94,8 @@ def devserver(
         options["max_append_size"] = max_append_size
     if advertise_host:
         options["advertise_host"] = advertise_host
+    if compress_responses:
+        options["compress_responses"] = compress_responses
     serve_forever(host, port, data_dir, **options)
 
 

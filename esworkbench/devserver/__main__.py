@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-append-size", type=int, default=DEFAULT_MAX_APPEND_SIZE, help="bytes per append"
     )
+    parser.add_argument(
+        "--compress-responses",
+        choices=["gzip"],
+        help="gzip read responses for clients that accept it (as KurrentDB 25.1+ can)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -37,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             advertise_host=args.advertise_host,
             advertise_port=args.advertise_port,
             max_append_size=args.max_append_size,
+            compress_responses=args.compress_responses,
         )
     except DevServerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -15,7 +15,7 @@ from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from esdbclient.protos.Grpc import (
@@ -45,6 +45,7 @@ DEFAULT_PORT = 2113
 MAX_RECEIVE_MESSAGE_LENGTH = 32 * 1024 * 1024
 _STREAMS_SERVICE = "event_store.client.streams.Streams"
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+_COMPRESS_LEVEL_HIGH = 3  # grpc_compression_level GRPC_COMPRESS_LEVEL_HIGH: gzip when accepted
 
 
 def _streams_handlers(servicer: StreamsServicer) -> dict[str, grpc.RpcMethodHandler]:
@@ -114,6 +115,9 @@ class DevServer:
         advertise_port: Port announced by ``Gossip.Read`` (default: the bound port).
         max_append_size: Largest total size of one append, in bytes.
         max_workers: gRPC worker threads; each open read or subscription holds one.
+        compress_responses: ``"gzip"`` compresses responses for clients that accept gzip (as
+            KurrentDB 25.1+ can for reads; here every response qualifies); None sends them
+            uncompressed.
 
     Example:
         >>> server = DevServer().start()
@@ -132,6 +136,7 @@ class DevServer:
         advertise_port: int | None = None,
         max_append_size: int = DEFAULT_MAX_APPEND_SIZE,
         max_workers: int = 128,
+        compress_responses: Literal["gzip"] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -140,6 +145,11 @@ class DevServer:
         self._advertise_port = advertise_port
         self._max_append_size = max_append_size
         self._max_workers = max_workers
+        if compress_responses not in (None, "gzip"):
+            raise DevServerError(
+                f"unknown response compression {compress_responses!r}: use 'gzip' or None"
+            )
+        self._compress = compress_responses == "gzip"
         self._server: grpc.Server | None = None
         self._store: EventStore | None = None
 
@@ -183,6 +193,14 @@ class DevServer:
                 ("grpc.max_send_message_length", MAX_RECEIVE_MESSAGE_LENGTH),
                 # Without this, grpc on Linux lets a second server bind the same port.
                 ("grpc.so_reuseport", 0),
+                # A compression *level* (not an algorithm) makes gRPC pick, per call, the best
+                # algorithm the client lists in grpc-accept-encoding, and send identity to
+                # clients that list none; a fixed algorithm would break such clients.
+                *(
+                    (("grpc.default_compression_level", _COMPRESS_LEVEL_HIGH),)
+                    if self._compress
+                    else ()
+                ),
             ],
         )
         try:

@@ -91,3 +91,19 @@ def test_module_command_serves_until_signalled(stop_with: signal.Signals) -> Non
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("accept_compression", [False, True])
+def test_compressed_responses_reach_clients_that_accept_them_or_not(
+    accept_compression: bool,
+) -> None:
+    from esworkbench.sources.esdb import EsdbSource
+
+    with devserver.start(compress_responses="gzip") as server:
+        with EventStoreDBClient(server.uri) as c:  # esdbclient accepts gzip
+            c.append_to_stream("s", current_version=StreamState.ANY, events=events(50))
+            assert len(c.get_stream("s")) == 50
+        source = EsdbSource(server.uri, accept_compression=accept_compression)
+        read = sum(b.events.num_rows for b in source.read_batches(None, batch_size=100))
+        source.close()
+    assert read >= 50
