@@ -72,9 +72,26 @@ def main() -> None:
     help="Repair a log damaged before its last frame: copy it aside, keep every frame that "
     "still verifies, list what is dropped. Without it such a log is refused, untouched.",
 )
+@click.option(
+    "--advertise-host",
+    default=None,
+    help="Host announced to clients by gossip (default: --host, or 127.0.0.1 for 0.0.0.0).",
+)
+@click.option(
+    "--compress-responses",
+    type=click.Choice(["gzip"]),
+    default=None,
+    help="Gzip responses for clients that accept gzip (as KurrentDB 25.1+ can).",
+)
 @_clean_errors
 def devserver(
-    host: str, port: int, data_dir: Path | None, max_append_size: int | None, salvage: bool
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    max_append_size: int | None,
+    advertise_host: str | None,
+    compress_responses: str | None,
+    salvage: bool,
 ) -> None:
     """Run the EventStoreDB-compatible development server in the foreground (Ctrl-C stops)."""
     from esworkbench.devserver import serve_forever
@@ -82,6 +99,10 @@ def devserver(
     options: dict[str, Any] = {"salvage": salvage}
     if max_append_size is not None:
         options["max_append_size"] = max_append_size
+    if advertise_host:
+        options["advertise_host"] = advertise_host
+    if compress_responses:
+        options["compress_responses"] = compress_responses
     serve_forever(host, port, data_dir, **options)
 
 

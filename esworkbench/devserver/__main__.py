@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         help="repair a log damaged before its last frame: copy it aside, then keep every frame "
         "that still verifies and list what is dropped (without this, such a log is refused)",
     )
+    parser.add_argument(
+        "--compress-responses",
+        choices=["gzip"],
+        help="gzip read responses for clients that accept it (as KurrentDB 25.1+ can)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -44,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             advertise_port=args.advertise_port,
             max_append_size=args.max_append_size,
             salvage=args.salvage,
+            compress_responses=args.compress_responses,
         )
     except DevServerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -24,7 +24,7 @@ from typing import Protocol
 from esworkbench.devserver.records import StoredEvent, StreamDeleted
 from esworkbench.devserver.store import EventStore
 from esworkbench.devserver.wire import (
-    READ_RESP_CAUGHT_UP,
+    read_resp_caught_up,
     read_resp_checkpoint,
     read_resp_confirmation,
     read_resp_link,
@@ -247,7 +247,7 @@ def subscribe_all(
     last_checkpoint = -1
     caught_up = from_end
     if from_end:
-        yield READ_RESP_CAUGHT_UP
+        yield read_resp_caught_up(_now_ns(store), revision=None, position=_head(positions, i))
     while True:
         n = len(events)
         if i < n:
@@ -264,7 +264,7 @@ def subscribe_all(
                     counter = 0
                     if last_considered > last_checkpoint:
                         last_checkpoint = last_considered
-                        yield read_resp_checkpoint(last_considered)
+                        yield read_resp_checkpoint(last_considered, _now_ns(store))
             i = n
             continue
         if not caught_up:
@@ -274,8 +274,9 @@ def subscribe_all(
                 checkpoint = min(last_considered, head)
                 if checkpoint > last_checkpoint:
                     last_checkpoint = checkpoint
-                    yield read_resp_checkpoint(checkpoint)
-            yield READ_RESP_CAUGHT_UP
+                    yield read_resp_checkpoint(checkpoint, _now_ns(store))
+            # Everything up to the head has been scanned: that is where a resume would start.
+            yield read_resp_caught_up(_now_ns(store), revision=None, position=_head(positions, n))
             continue
         if not liveness.wait_until(partial(_log_grew, events, i)):
             return
@@ -305,7 +306,7 @@ def subscribe_stream(
     caught_up = from_end
     if from_end:
         next_revision = len(state.events) if state is not None else 0
-        yield READ_RESP_CAUGHT_UP
+        yield _stream_caught_up(store, next_revision)
     else:
         next_revision = 0 if after is None else after + 1
     while True:
@@ -329,10 +330,24 @@ def subscribe_stream(
                 raise StreamDeleted
         if not caught_up:
             caught_up = True
-            yield READ_RESP_CAUGHT_UP
+            yield _stream_caught_up(store, next_revision)
             continue
         if not liveness.wait_until(partial(_stream_moved, store, name, next_revision)):
             return
+
+
+def _now_ns(store: EventStore) -> int:
+    return store.now_ticks() * 100
+
+
+def _head(positions: list[int], n: int) -> int | None:
+    # The position of the last of the first n records, or None for an empty log.
+    return positions[n - 1] if n else None
+
+
+def _stream_caught_up(store: EventStore, next_revision: int) -> bytes:
+    revision = next_revision - 1 if next_revision > 0 else None
+    return read_resp_caught_up(_now_ns(store), revision=revision, position=None)
 
 
 def _log_grew(events: list[StoredEvent], seen: int) -> bool:

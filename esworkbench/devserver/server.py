@@ -15,24 +15,25 @@ from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from esdbclient.protos.Grpc import (
     gossip_pb2_grpc,
-    persistent_pb2_grpc,
     projections_pb2_grpc,
     streams_pb2,
 )
 
 from esworkbench.devserver.log import LOG_FILE_NAME, FileLog, MemoryLog
 from esworkbench.devserver.messages import DEFAULT_MAX_APPEND_SIZE
-from esworkbench.devserver.salvage import SalvageReport, salvage_log
-from esworkbench.devserver.services import (
-    GossipServicer,
+from esworkbench.devserver.persistent_service import (
+    PERSISTENT_SERVICE,
     PersistentSubscriptionsServicer,
-    ProjectionsServicer,
+    Registry,
+    persistent_handlers,
 )
+from esworkbench.devserver.salvage import SalvageReport, salvage_log
+from esworkbench.devserver.services import GossipServicer, ProjectionsServicer
 from esworkbench.devserver.store import EventStore
 from esworkbench.devserver.streams import StreamsServicer
 from esworkbench.errors import DevServerError
@@ -46,6 +47,7 @@ DEFAULT_PORT = 2113
 MAX_RECEIVE_MESSAGE_LENGTH = 32 * 1024 * 1024
 _STREAMS_SERVICE = "event_store.client.streams.Streams"
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+_COMPRESS_LEVEL_HIGH = 3  # grpc_compression_level GRPC_COMPRESS_LEVEL_HIGH: gzip when accepted
 
 
 def _streams_handlers(servicer: StreamsServicer) -> dict[str, grpc.RpcMethodHandler]:
@@ -115,8 +117,8 @@ def _open_store(
 class DevServer:
     """An EventStoreDB-compatible gRPC server for development, demos and tests.
 
-    Not a production store: a single node, no TLS, no authentication, no projections or
-    persistent subscriptions, and every event indexed in memory.
+    Not a production store: a single node, no TLS, no authentication, no projections, and
+    every event indexed in memory.
 
     Args:
         host: Interface to listen on.
@@ -129,6 +131,9 @@ class DevServer:
         max_workers: gRPC worker threads; each open read or subscription holds one.
         salvage: Repair a damaged log instead of refusing to start (see
             ``esworkbench.devserver.salvage``); the report is in ``salvage_report``.
+        compress_responses: ``"gzip"`` compresses responses for clients that accept gzip (as
+            KurrentDB 25.1+ can for reads; here every response qualifies); None sends them
+            uncompressed.
 
     Example:
         >>> server = DevServer().start()
@@ -148,6 +153,7 @@ class DevServer:
         max_append_size: int = DEFAULT_MAX_APPEND_SIZE,
         max_workers: int = 128,
         salvage: bool = False,
+        compress_responses: Literal["gzip"] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -156,6 +162,11 @@ class DevServer:
         self._advertise_port = advertise_port
         self._max_append_size = max_append_size
         self._max_workers = max_workers
+        if compress_responses not in (None, "gzip"):
+            raise DevServerError(
+                f"unknown response compression {compress_responses!r}: use 'gzip' or None"
+            )
+        self._compress = compress_responses == "gzip"
         self._server: grpc.Server | None = None
         self._store: EventStore | None = None
         self._salvage = salvage
@@ -202,6 +213,14 @@ class DevServer:
                 ("grpc.max_send_message_length", MAX_RECEIVE_MESSAGE_LENGTH),
                 # Without this, grpc on Linux lets a second server bind the same port.
                 ("grpc.so_reuseport", 0),
+                # A compression *level* (not an algorithm) makes gRPC pick, per call, the best
+                # algorithm the client lists in grpc-accept-encoding, and send identity to
+                # clients that list none; a fixed algorithm would break such clients.
+                *(
+                    (("grpc.default_compression_level", _COMPRESS_LEVEL_HIGH),)
+                    if self._compress
+                    else ()
+                ),
             ],
         )
         try:
@@ -225,9 +244,11 @@ class DevServer:
         )
         server.add_registered_method_handlers(_STREAMS_SERVICE, handlers)
         gossip_pb2_grpc.add_GossipServicer_to_server(gossip, server)
-        persistent_pb2_grpc.add_PersistentSubscriptionsServicer_to_server(
-            PersistentSubscriptionsServicer(), server
+        persistent = persistent_handlers(PersistentSubscriptionsServicer(Registry(store)))
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(PERSISTENT_SERVICE, persistent),)
         )
+        server.add_registered_method_handlers(PERSISTENT_SERVICE, persistent)
         projections_pb2_grpc.add_ProjectionsServicer_to_server(ProjectionsServicer(), server)
         server.start()
         self._server = server

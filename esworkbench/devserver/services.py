@@ -1,7 +1,7 @@
 """The small services.
 
-Gossip, and what the dev server answers for persistent subscriptions and projections (neither is
-implemented; tooling probes them, so they answer cleanly).
+Gossip, and what the dev server answers for projections (not implemented; tooling probes them,
+so they answer cleanly).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import grpc
 from esdbclient.protos.Grpc import (
     gossip_pb2,
     gossip_pb2_grpc,
-    persistent_pb2_grpc,
     projections_pb2_grpc,
     shared_pb2,
 )
@@ -53,27 +52,6 @@ def _unimplemented(feature: str) -> Any:
         context.abort(grpc.StatusCode.UNIMPLEMENTED, _NOT_SUPPORTED.format(feature))
 
     return handler
-
-
-def _group_not_found(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-    group = getattr(request.options, "group_name", "")
-    context.abort(grpc.StatusCode.NOT_FOUND, f"Subscription group {group} does not exist.")
-
-
-class PersistentSubscriptionsServicer(persistent_pb2_grpc.PersistentSubscriptionsServicer):
-    """No persistent subscription groups exist, and none can be created.
-
-    ``List`` answers NOT_FOUND (clients turn that into an empty list), and so do the calls
-    that name a group; ``Create``, ``Update``, ``Read`` and ``RestartSubsystem`` answer
-    UNIMPLEMENTED.
-    """
-
-    def List(self, request: Any, context: grpc.ServicerContext) -> Any:
-        """NOT_FOUND, as a node without subscription groups answers."""
-        context.abort(grpc.StatusCode.NOT_FOUND, "No persistent subscriptions exist")
-
-    GetInfo = Delete = ReplayParked = _group_not_found
-    Create = Update = Read = RestartSubsystem = _unimplemented("persistent subscriptions")
 
 
 class ProjectionsServicer(projections_pb2_grpc.ProjectionsServicer):

@@ -6,8 +6,9 @@ encoding is byte-for-byte what the generated ``streams_pb2`` classes produce wit
 ``SerializeToString(deterministic=True)`` (fields in number order, map keys sorted, default
 values omitted); ``tests/devserver/test_wire.py`` holds the two equal.
 
-Rare messages (confirmation, checkpoint, caught-up, stream-not-found) are built with the
-generated classes instead: they are not worth hand-encoding.
+Rare messages (confirmation, stream-not-found) are built with the generated classes instead.
+Checkpoint and caught-up messages are hand-encoded because they carry fields (timestamps,
+resume positions) that only newer protocol versions declare.
 """
 
 from __future__ import annotations
@@ -172,14 +173,37 @@ def read_resp_confirmation(subscription_id: str) -> bytes:
     return bytes(msg.SerializeToString())
 
 
-def read_resp_checkpoint(position: int) -> bytes:
-    """``ReadResp{checkpoint{commit_position, prepare_position}}``."""
-    msg = streams_pb2.ReadResp(
-        checkpoint=streams_pb2.ReadResp.Checkpoint(
-            commit_position=position, prepare_position=position
-        )
-    )
-    return bytes(msg.SerializeToString())
+def _timestamp(now_ns: int) -> bytes:
+    # google.protobuf.Timestamp{seconds = 1, nanos = 2}, both varints.
+    seconds, nanos = divmod(now_ns, 1_000_000_000)
+    return b"\x08" + varint(seconds) + (b"\x10" + varint(nanos) if nanos else b"")
+
+
+def read_resp_checkpoint(position: int, now_ns: int) -> bytes:
+    """``ReadResp{checkpoint{commit_position, prepare_position, timestamp}}``.
+
+    ``timestamp`` (field 3) is what servers from 24.x on add and ``kurrentdbclient`` reads as
+    the checkpoint's ``recorded_at``; older clients skip it as an unknown field.
+    """
+    pos = varint(position)
+    checkpoint = b"\x08" + pos + b"\x10" + pos + _field(_TAG_3_LEN, _timestamp(now_ns))
+    return _field(_TAG_3_LEN, checkpoint)
+
+
+def read_resp_caught_up(now_ns: int, *, revision: int | None, position: int | None) -> bytes:
+    """``ReadResp{caught_up{timestamp, stream_revision, position}}`` (the newer protocol).
+
+    ``stream_revision`` (a stream subscription's last revision) and ``position`` (a ``$all``
+    subscription's resume point) are left out when the source is empty, as on the real server.
+    Clients of the older protocol see an empty ``CaughtUp`` and ignore the fields.
+    """
+    body = _field(_TAG_1_LEN, _timestamp(now_ns))
+    if revision is not None:
+        body += b"\x10" + varint(revision)
+    if position is not None:
+        pos = varint(position)
+        body += _field(_TAG_3_LEN, b"\x08" + pos + b"\x10" + pos)
+    return _field(_TAG_8_LEN, body)
 
 
 def read_resp_stream_not_found(stream_name: str) -> bytes:
@@ -192,6 +216,20 @@ def read_resp_stream_not_found(stream_name: str) -> bytes:
     return bytes(msg.SerializeToString())
 
 
-READ_RESP_CAUGHT_UP: bytes = bytes(
-    streams_pb2.ReadResp(caught_up=streams_pb2.ReadResp.CaughtUp()).SerializeToString()
-)
+def persistent_read_resp(
+    event: bytes | None, link: bytes | None, position: int, retry_count: int
+) -> bytes:
+    """``persistent.ReadResp{event: ReadEvent{event, link, commit_position, retry_count}}``.
+
+    The persistent ``RecordedEvent`` has the same fields as the streams one, so stored records
+    are embedded as they are. ``event`` None (a link whose target is gone) leaves it unset,
+    which clients skip.
+    """
+    read_event = b""
+    if event is not None:
+        read_event += _field(_TAG_1_LEN, event)
+    if link is not None:
+        read_event += _field(_TAG_2_LEN, link)
+    # commit_position = 3 (varint); retry_count = 5 (varint; set even when 0, it is in a oneof).
+    read_event += _TAG_3_VARINT + varint(position) + _TAG_5_VARINT + varint(retry_count)
+    return _field(_TAG_1_LEN, read_event)

@@ -11,12 +11,12 @@ from collections.abc import Callable
 import pytest
 from esdbclient import EventStoreDBClient, StreamState
 from esdbclient.exceptions import ServiceUnavailable
+from esdbclient.protos.Grpc import streams_pb2
 
 from esworkbench import devserver
 from esworkbench.devserver.log import MemoryLog
 from esworkbench.devserver.reads import Filter, subscribe_all
 from esworkbench.devserver.store import EventStore
-from esworkbench.devserver.wire import READ_RESP_CAUGHT_UP, read_resp_checkpoint
 from esworkbench.errors import DevServerError
 from tests.devserver.conftest import events, needs_devserver
 
@@ -66,7 +66,9 @@ def test_catch_up_checkpoint_of_an_empty_log_is_zero() -> None:
     out = list(
         subscribe_all(store, _Never(), after=None, from_end=False, flt=flt, resolve_links=False)
     )
-    assert out[1:] == [read_resp_checkpoint(0), READ_RESP_CAUGHT_UP]
+    kinds = [streams_pb2.ReadResp.FromString(m).WhichOneof("content") for m in out[1:]]
+    assert kinds == ["checkpoint", "caught_up"]
+    assert streams_pb2.ReadResp.FromString(out[1]).checkpoint.commit_position == 0
 
 
 @pytest.mark.parametrize("stop_with", [signal.SIGTERM, signal.SIGINT])
@@ -89,3 +91,19 @@ def test_module_command_serves_until_signalled(stop_with: signal.Signals) -> Non
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("accept_compression", [False, True])
+def test_compressed_responses_reach_clients_that_accept_them_or_not(
+    accept_compression: bool,
+) -> None:
+    from esworkbench.sources.esdb import EsdbSource
+
+    with devserver.start(compress_responses="gzip") as server:
+        with EventStoreDBClient(server.uri) as c:  # esdbclient accepts gzip
+            c.append_to_stream("s", current_version=StreamState.ANY, events=events(50))
+            assert len(c.get_stream("s")) == 50
+        source = EsdbSource(server.uri, accept_compression=accept_compression)
+        read = sum(b.events.num_rows for b in source.read_batches(None, batch_size=100))
+        source.close()
+    assert read >= 50

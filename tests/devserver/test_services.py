@@ -46,8 +46,7 @@ def test_advertised_address_is_configurable() -> None:
     assert (member.address, member.port, member.state) == ("localhost", 2113, "NODE_STATE_LEADER")
 
 
-def test_no_persistent_subscriptions(client: EventStoreDBClient, stream: str) -> None:
-    assert client.list_subscriptions() == []
+def test_listing_without_groups(client: EventStoreDBClient, stream: str) -> None:
     assert client.list_subscriptions_to_stream(stream) == []
     with pytest.raises(NotFound):
         client.get_subscription_info(group_name="no-such-group")
@@ -55,8 +54,6 @@ def test_no_persistent_subscriptions(client: EventStoreDBClient, stream: str) ->
 
 @needs_devserver
 def test_unimplemented_services_answer_cleanly(client: EventStoreDBClient) -> None:
-    with pytest.raises(GrpcError, match="UNIMPLEMENTED"):
-        client.create_subscription_to_all(group_name="g")
     with pytest.raises(GrpcError, match="UNIMPLEMENTED"):
         client.create_projection(name="p", query="fromAll()")
     with pytest.raises(GrpcError, match="UNIMPLEMENTED"):
