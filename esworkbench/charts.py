@@ -312,6 +312,7 @@ def bank_total(
     totals: pl.DataFrame | pd.DataFrame,
     *,
     value: str = "total",
+    compare: str | None = "recorded_total",
     time: str = "period_end",
     max_points: int = DEFAULT_MAX_POINTS,
     title: str = "Bank-wide total balance",
@@ -322,6 +323,8 @@ def bank_total(
         totals: One row per period: `time` (the period's end) and `value` (Decimal is fine);
             `events` (events in the period) is shown in the tooltip when present.
         value: The total column.
+        compare: A second total drawn beside it when the frame has it (by default the sum of
+            the writers' recorded balances, so a drift between the two shows as a gap).
         time: The period end column.
         max_points: Refuse more periods than this: resample coarser.
         title: Chart title.
@@ -338,14 +341,21 @@ def bank_total(
     _require(df, [time, value], "bank_total")
     _check_size(df, max_points, "bank_total", "resample to a coarser period")
     extra = ["events"] if "events" in df.columns else []
-    data = plot_frame(df, [time, value, *extra])
-    base = alt.Chart(_inline(data)).encode(
-        x=alt.X(f"{time}:T", title="end of period (UTC)", scale=alt.Scale(type="utc")),
-        y=alt.Y(f"{value}:Q", title=value),
+    series = [value] + ([compare] if compare is not None and compare in df.columns else [])
+    data = plot_frame(df, [time, *series, *extra])
+    base = (
+        alt.Chart(_inline(data))
+        .transform_fold(list[Any](series), as_=["series", "amount"])
+        .encode(
+            x=alt.X(f"{time}:T", title="end of period (UTC)", scale=alt.Scale(type="utc")),
+            y=alt.Y("amount:Q", title=" / ".join(series)),
+            color=alt.Color("series:N", title=None, legend=alt.Legend(orient="top")),
+        )
     )
     tooltips = [
         alt.Tooltip(f"{time}:T", title="end of period", format=_TIME_FORMAT, formatType="utc"),
-        alt.Tooltip(f"{value}:Q", format=",.2f"),
+        alt.Tooltip("series:N"),
+        alt.Tooltip("amount:Q", format=",.2f"),
     ] + [alt.Tooltip("events:Q")] * bool(extra)
     line = base.mark_line()
     points = base.mark_point(filled=True, size=20).encode(tooltip=tooltips)

@@ -251,10 +251,10 @@ def _position_or_time(value: str | None) -> int | datetime | None:
 )
 @click.option(
     "--on-error",
-    type=click.Choice(["stop", "skip"]),
-    default="stop",
+    type=click.Choice(["skip", "stop"]),
+    default="skip",
     show_default=True,
-    help="After a finding, stop that stream's replay or carry on.",
+    help="After a finding, carry on (balances follow the amounts) or stop that stream's replay.",
 )
 @click.option(
     "--out",

@@ -11,6 +11,7 @@ wrapped at the stage boundary with ``raise ... from e``. Messages name the bad v
     │   └── PayloadDecodeError      a payload that is not what its type promises
     ├── AggregateError              the production aggregate contract
     │   ├── DomainRuleError         a business rule refused a command (subclassed per rule)
+    │   ├── DomainRuleErrors        several rules one replayed event breaks (an ExceptionGroup)
     │   ├── HistoryError            replayed history that breaks the contract (foreign event, gap)
     │   ├── ConcurrencyError        another writer moved the stream first
     │   └── AggregateNotFoundError  no stream for that aggregate id (also a LookupError)
@@ -23,6 +24,9 @@ wrapped at the stage boundary with ``raise ... from e``. Messages name the bad v
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
 __all__ = [
     "AggregateError",
     "AggregateNotFoundError",
@@ -30,6 +34,7 @@ __all__ = [
     "ConfigError",
     "DevServerError",
     "DomainRuleError",
+    "DomainRuleErrors",
     "DuplicateEventTypeError",
     "EsWorkbenchError",
     "EventError",
@@ -93,7 +98,47 @@ class AggregateError(EsWorkbenchError):
 
 
 class DomainRuleError(AggregateError):
-    """A business rule refused a command. Domains subclass this, one class per rule."""
+    """A business rule refused a command. Domains subclass this, one class per rule.
+
+    Each subclass names the finding ``kind`` its breaches are counted under in replay findings
+    (``overdraft``, ``ledger_drift``, ...; snake_case, stable: reports and scheduled checks
+    count by it), and may return the values that make a breach checkable from ``evidence()``.
+
+    Example:
+        >>> class Overdraft(DomainRuleError):
+        ...     kind = "overdraft"
+        >>> Overdraft("user 1: balance -20.00 below the limit of 10.00").kind
+        'overdraft'
+    """
+
+    kind: ClassVar[str] = "rule_violation"
+
+    def evidence(self) -> dict[str, Any]:
+        """The expected and actual values behind the breach (JSON-able), for findings."""
+        return {}
+
+
+class DomainRuleErrors(AggregateError, ExceptionGroup[DomainRuleError]):
+    """Several business rules broken by one replayed event, raised together.
+
+    The aggregate contract: ``apply`` must replay history older writers produced, so it applies
+    the event, then checks it against *every* rule and raises one ``DomainRuleError`` if one
+    rule is broken, or this group if several are (an overdraft that also breaks the ledger's
+    balance chain). Replay turns each member into its own finding. Commands are unchanged: they
+    raise the first rule they break, before recording anything.
+
+    Example:
+        >>> group = DomainRuleErrors.of([DomainRuleError("a"), DomainRuleError("b")])
+        >>> [str(e) for e in group.exceptions]
+        ['a', 'b']
+    """
+
+    @classmethod
+    def of(cls, errors: Sequence[DomainRuleError]) -> DomainRuleError | DomainRuleErrors:
+        """The one error itself, or a group of several (raise what this returns)."""
+        if len(errors) == 1:
+            return errors[0]
+        return cls(f"{len(errors)} business rules broken: {'; '.join(map(str, errors))}", errors)
 
 
 class HistoryError(AggregateError):

@@ -23,6 +23,7 @@ from esworkbench.fold._replay import (
     replay_frame,
     resolve_aggregate,
     state_as_of,
+    with_rejected,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "replay_frame",
     "resolve_aggregate",
     "state_as_of",
+    "with_rejected",
 ]

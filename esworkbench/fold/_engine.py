@@ -27,6 +27,7 @@ from esworkbench.aggregates import AggregateRoot, DomainEvent
 from esworkbench.errors import (
     AggregateError,
     DomainRuleError,
+    DomainRuleErrors,
     EventError,
     FoldError,
     HistoryError,
@@ -34,9 +35,21 @@ from esworkbench.errors import (
     UnknownEventTypeError,
 )
 from esworkbench.events import SCHEMA_VERSION_KEY, json_object
-from esworkbench.findings import FINDINGS_SCHEMA
+from esworkbench.findings import FINDINGS_SCHEMA, evidence_json, severity_of
 
 OnError = Literal["stop", "skip"]
+
+# The findings' rule name for everything replay reports (the kind says which business rule).
+REPLAY_RULE = "replay"
+# The envelope columns a finding carries from its event.
+_FINDING_ENVELOPE = (
+    "stream_name",
+    "stream_revision",
+    "commit_position",
+    "event_id",
+    "event_type",
+    "occurred_at",
+)
 
 # Envelope columns a timeline row carries, in this order, before the aggregate's state.
 TIMELINE_ENVELOPE = (
@@ -97,7 +110,7 @@ def finding_kind(error: BaseException) -> str:
             return "version_out_of_order"
         return "foreign_event"
     if isinstance(error, DomainRuleError):
-        return "rule_violation"
+        return error.kind
     return "aggregate_error"
 
 
@@ -139,6 +152,17 @@ def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+def _evidence(error: BaseException) -> dict[str, Any]:
+    """The values behind a finding: what a rule compared, or why a payload did not decode."""
+    if isinstance(error, DomainRuleError):
+        return error.evidence()
+    if isinstance(error, HistoryError):
+        return {"expected_version": error.expected_version, "event_version": error.event_version}
+    if isinstance(error, PayloadDecodeError):
+        return {"reason": error.reason}
+    return {}
+
+
 def _apply_error(
     cls: type[AggregateRoot],
     stream: str,
@@ -164,7 +188,6 @@ def fold_batch(table: pa.Table, cls: type[AggregateRoot], on_error: OnError) -> 
     n = table.num_rows
     streams: list[str] = table.column("stream_name").to_pylist()
     revisions: list[int] = table.column("stream_revision").to_pylist()
-    positions: list[int] = table.column("commit_position").to_pylist()
     event_ids: list[str] = table.column("event_id").to_pylist()
     event_types: list[str] = table.column("event_type").to_pylist()
     datas: list[Any] = table.column("data").to_pylist()
@@ -181,6 +204,7 @@ def fold_batch(table: pa.Table, cls: type[AggregateRoot], on_error: OnError) -> 
     values: list[tuple[Any, ...]] = []
     changes: list[list[str]] = []
     findings: list[tuple[Any, ...]] = []
+    finding_rows: list[int] = []
     interned: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     with gc_paused():
@@ -227,16 +251,15 @@ def fold_batch(table: pa.Table, cls: type[AggregateRoot], on_error: OnError) -> 
                                 f" [replay of {stream} stopped here (on_error='stop'); "
                                 f"{end - k - 1} later event(s) not replayed]"
                             )
+                        kind = finding_kind(failure)
+                        finding_rows.append(k)
                         findings.append(
                             (
-                                stream,
-                                revision,
-                                positions[k],
-                                event_ids[k],
-                                event_types[k],
-                                finding_kind(failure),
-                                type(failure).__name__,
+                                kind,
+                                severity_of(kind),
                                 message,
+                                evidence_json(_evidence(failure)),
+                                type(failure).__name__,
                             )
                         )
                     if not skip:
@@ -268,11 +291,29 @@ def fold_batch(table: pa.Table, cls: type[AggregateRoot], on_error: OnError) -> 
     for name, column in _state_columns(names, values).items():
         timeline = timeline.append_column(name, column)
     timeline = timeline.append_column(CHANGED, pa.array(changes, type=pa.list_(pa.string())))
-    found = pa.Table.from_pylist(
-        [dict(zip(FINDINGS_SCHEMA.names, row, strict=True)) for row in findings],
-        schema=FINDINGS_SCHEMA,
+    return BatchResult(timeline, _findings_table(table, finding_rows, findings))
+
+
+def _findings_table(table: pa.Table, rows: list[int], findings: list[tuple[Any, ...]]) -> pa.Table:
+    """The findings of a batch, as a FINDINGS_SCHEMA table.
+
+    The envelope of each finding's event is taken column-wise (no per-event Python objects)
+    and set beside what the replay said about it.
+    """
+    envelope = table.select(list(_FINDING_ENVELOPE)).take(pa.array(rows, type=pa.int64()))
+    said: list[Sequence[Any]] = (
+        list(zip(*findings, strict=True)) if findings else [() for _ in range(5)]
     )
-    return BatchResult(timeline, found)
+    columns = {
+        "rule": pa.array([REPLAY_RULE] * len(rows), pa.string()),
+        "kind": pa.array(said[0], pa.string()),
+        "severity": pa.array(said[1], pa.string()),
+        **{name: envelope.column(name) for name in _FINDING_ENVELOPE},
+        "message": pa.array(said[2], pa.string()),
+        "evidence": pa.array(said[3], pa.string()),
+        "error": pa.array(said[4], pa.string()),
+    }
+    return pa.table([columns[name] for name in FINDINGS_SCHEMA.names], schema=FINDINGS_SCHEMA)
 
 
 def _fold_event(
@@ -309,6 +350,8 @@ def _fold_event(
     event = DomainEvent(event_type, aggregate.id, revision, payload, meta, event_id)
     try:
         aggregate.load_from_history((event,))
+    except DomainRuleErrors as group:
+        return list(group.exceptions)
     except HistoryError as e:
         if not (skip and _is_gap(e, aggregate, revision)):
             return [e]
@@ -317,6 +360,8 @@ def _fold_event(
         aggregate.version = revision - 1
         try:
             aggregate.load_from_history((event,))
+        except DomainRuleErrors as group:
+            return [e, *group.exceptions]
         except AggregateError as again:
             return [e, again]
         return [e]

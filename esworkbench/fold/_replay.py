@@ -8,15 +8,18 @@ public ``state()`` is recorded after every event.
 History that today's code rejects is a *finding*, never a crash: an ``AggregateError`` (a
 business rule, a foreign event, a version gap) or an event the registry cannot decode (unknown
 type, bad payload, or rejected by the lake at ingest) becomes a row of ``Replay.findings``,
-pinned to the event. ``on_error`` says what happens next:
+pinned to the event. One event can carry several findings (an aggregate raises a
+``DomainRuleErrors`` group when one event breaks several rules). ``on_error`` says what
+happens next:
 
-- ``"stop"`` (default): that stream's replay ends there, as production's own load would; its
-  timeline holds the events before the finding.
-- ``"skip"``: the replay goes on, and every event read has a timeline row. An event the
-  aggregate refused leaves the aggregate in the state it put itself in: unchanged for one that
-  checks before it mutates, the amounts applied for the bank (which applies first and objects
-  after, so one bad event is one finding, not a cascade). An undecodable event changes
-  nothing. After a version gap, the replay resumes at the event that is there.
+- ``"skip"`` (default): the replay goes on, and every event read has a timeline row. An event
+  the aggregate refused leaves the aggregate in the state it put itself in: unchanged for one
+  that checks before it mutates, the amounts applied for the bank (which applies first and
+  objects after, so one bad event is one finding, not a cascade). An undecodable event changes
+  nothing. After a version gap, the replay resumes at the event that is there. Balances after a
+  finding follow the amounts.
+- ``"stop"``: that stream's replay ends there, as production's own load would; its timeline
+  holds the events before the finding (so its last state is not the stream's).
 
 Timeline columns: ``stream_name`` (String), ``stream_revision`` (UInt64), ``commit_position``
 (UInt64), ``created`` and ``occurred_at`` (Datetime[us, UTC]), ``event_type``, ``event_id``
@@ -24,11 +27,12 @@ Timeline columns: ``stream_name`` (String), ``stream_revision`` (UInt64), ``comm
 ``Decimal(38, scale)``), then ``changed`` (List[String]: the state fields the event changed).
 A state field named like an envelope column is prefixed ``state_``.
 
-Findings columns: ``stream_name``, ``stream_revision`` (UInt64), ``commit_position`` (UInt64),
-``event_id``, ``event_type``, ``kind``, ``error`` (the exception class), ``message``. Kinds:
-``rule_violation`` (DomainRuleError), ``version_gap``, ``version_out_of_order``,
-``foreign_event`` (HistoryError), ``aggregate_error`` (any other AggregateError),
-``unknown_event_type``, ``decode_error``.
+Findings columns: those of ``esworkbench.findings.FINDINGS_SCHEMA`` (``rule`` is ``replay``).
+Kinds: each DomainRuleError's own ``kind`` (the bank's ``ledger_drift``, ``overdraft``,
+``activity_after_close``, ...; ``rule_violation`` for a rule that names none), ``version_gap``,
+``version_out_of_order``, ``foreign_event`` (HistoryError), ``aggregate_error`` (any other
+AggregateError), ``unknown_event_type``, and ``decode_error`` (a payload that does not decode,
+or an event the lake rejected at ingest, with the lake's reason).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ from esworkbench.fold.batches import Job, plan_batches, run_batches
 from esworkbench.lake import opened
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from esworkbench.filters import FilterOptions
     from esworkbench.lake import Lake
 
@@ -158,7 +164,7 @@ def replay(
     stream_prefix: str | None = None,
     as_of: int | datetime | None = None,
     workers: int = 1,
-    on_error: OnError = "stop",
+    on_error: OnError = "skip",
     progress: bool = False,
     batch_size: int = _DEFAULT_BATCH,
 ) -> Replay:
@@ -175,7 +181,8 @@ def replay(
         workers: processes to fold in, streams partitioned between them (fork; Linux and
             macOS). On 1M bank events 2 workers gave 1.7x on two idle cores but lost to one
             when other work held the cores (bench/fold.py), hence the default of 1.
-        on_error: after a finding, "stop" that stream or "skip" the event and go on.
+        on_error: after a finding, "skip" the event and go on (default), or "stop" that
+            stream there.
         progress: show a tqdm progress bar (terminal or notebook).
         batch_size: events per batch of whole streams; bounds the Python objects alive.
 
@@ -203,7 +210,7 @@ def replay_frame(
     aggregate: AggregateSpec,
     *,
     workers: int = 1,
-    on_error: OnError = "stop",
+    on_error: OnError = "skip",
     progress: bool = False,
     batch_size: int = _DEFAULT_BATCH,
 ) -> Replay:
@@ -262,7 +269,7 @@ def state_as_of(
     streams: Iterable[str] | None = None,
     stream_prefix: str | None = None,
     workers: int = 1,
-    on_error: OnError = "stop",
+    on_error: OnError = "skip",
     progress: bool = False,
 ) -> pl.DataFrame:
     """Each stream's state after its last event at or before a position or a business time.
@@ -323,8 +330,24 @@ def _read(
             "stream_prefix": stream_prefix,
         }
     events = lake.scan_events(**scope).select(engine.INPUT_COLUMNS).collect()
+    return with_rejected(lake, events, **scope)
+
+
+def with_rejected(
+    lake: Lake, events: pl.DataFrame, **filters: Unpack[FilterOptions]
+) -> pl.DataFrame:
+    """`events` (read with `filters`) plus the events the lake rejected in the same scope.
+
+    Events the lake rejected at ingest (not JSON, binary) still happened in their stream: they
+    come along as rows (column ``rejected`` = the lake's reason) that replay reports as
+    ``decode_error``, instead of leaving a silent gap that would read as a version gap.
+
+    Example:
+        >>> events = lake.read_events(category="user")                    # doctest: +SKIP
+        >>> both = with_rejected(lake, events, category="user")          # doctest: +SKIP
+    """
     # The lake's own filtering picks the rejected events in scope, as it picks the events.
-    rejected = lake.read_rejected(**scope)
+    rejected = lake.read_rejected(**filters)
     if rejected.height == 0:
         return events
     rejected = (
@@ -336,8 +359,8 @@ def _read(
             + [
                 pl.col("event_type").cast(pl.String),
                 pl.col("created").cast(events.schema["created"]),
-                # Business time lives in the metadata, which may be what was unreadable.
-                pl.col("created").cast(events.schema["occurred_at"]).alias("occurred_at"),
+                # Business time from the metadata where it still reads (see read_rejected).
+                pl.col("occurred_at").cast(events.schema["occurred_at"]),
                 pl.lit(None, pl.String).alias("data"),
                 pl.lit(None, pl.String).alias("metadata"),
                 pl.col("reason").cast(pl.String).alias(engine.REJECTED),
@@ -350,11 +373,13 @@ def _read(
             how="anti",
         )
         .unique(["stream_name", "stream_revision"], keep="first", maintain_order=True)
-        .select(*engine.INPUT_COLUMNS, engine.REJECTED)
     )
     if rejected.height == 0:
         return events
     events = events.with_columns(pl.lit(None, pl.String).alias(engine.REJECTED))
+    rejected = rejected.select(
+        [pl.col(c) if c in rejected.columns else pl.lit(None).alias(c) for c in events.columns]
+    )
     return pl.concat([events, rejected.cast(events.schema)], how="vertical")
 
 

@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from esworkbench.errors import LakeError
-from esworkbench.events import ENVELOPE_SCHEMA
+from esworkbench.events import ENVELOPE_SCHEMA, OCCURRED_AT_KEY
 from esworkbench.filters import EventFilter
 from esworkbench.lake import _export, _ingest, _views
 from esworkbench.lake._ingest import q, rows
@@ -286,15 +286,24 @@ class Lake:
         """Events that could not be decoded.
 
         Raw bytes, envelope fields and `reason` (its first word is a code: malformed_json,
-        binary_payload, malformed_metadata, invalid_event_id, duplicate_event_id).
+        binary_payload, malformed_metadata, invalid_event_id, duplicate_event_id), and
+        ``occurred_at`` (business time from the metadata where it still reads, else
+        ``created``).
 
         Same filters as `read_events` (on the envelope fields a rejected event still has).
         """
         where, params = _export.where_sql(
             EventFilter.of(**filters), category="split_part(stream_name, '-', 1)"
         )
+        # Business time as the lake derives it for kept events, where the metadata still
+        # reads (a malformed payload usually comes with intact metadata); else `created`.
+        occurred = (
+            "coalesce(try_cast(try(json_extract_string(try(decode(metadata)), "
+            f"'$.{OCCURRED_AT_KEY}')) AS TIMESTAMPTZ), created) AS occurred_at"
+        )
         return self._frame(
-            f"SELECT * FROM _rejected{where} ORDER BY commit_position, event_id", params
+            f"SELECT *, {occurred} FROM _rejected{where} ORDER BY commit_position, event_id",
+            params,
         )
 
     def read_sync_runs(self) -> pl.DataFrame:

@@ -23,7 +23,7 @@ import polars as pl
 from esworkbench.aggregates import AggregateRoot
 from esworkbench.errors import ConfigError
 from esworkbench.filters import utc
-from esworkbench.fold import Replay, replay_frame, resolve_aggregate
+from esworkbench.fold import Replay, replay_frame, resolve_aggregate, with_rejected
 from esworkbench.lake import opened
 from esworkbench.reports._record import ReadRecord, read_recorded
 
@@ -67,7 +67,9 @@ class BalanceReport:
             `new_balance` from the payloads, and opening/closing rows at `since`/`until`.
         periods: end-of-period balances of the most active streams (for a heatmap).
         closing: per charted stream: opening and closing balance, change, low, high, events.
-        totals: the sum of all balances in scope at the end of each period.
+        totals: the sum of all balances in scope at the end of each period (`total`), and
+            when the aggregate records them, of the writers' recorded balances
+            (`recorded_total`) and the gap between the two (`drift_total`).
         swings: the largest balance changes of single events in the window.
         findings: replay findings in the window (history today's rules reject).
         findings_by_kind: finding counts per kind and event type.
@@ -115,7 +117,8 @@ def balance_report(
     until: datetime | str | None = None,
     every: str = "1d",
     value: str = "balance",
-    on_error: OnError = "stop",
+    recorded: str | None = "recorded_balance",
+    on_error: OnError = "skip",
 ) -> BalanceReport:
     """Read, replay and compute every section of the balance-timeline report.
 
@@ -129,9 +132,11 @@ def balance_report(
         since: the window's start (business time, inclusive; ISO text or datetime; naive=UTC).
         until: the window's end (exclusive).
         every: the resampling period, as Polars durations ("1h", "1d", "1w", "1mo").
-        value: the state field to chart.
-        on_error: after a finding, "stop" the stream (as production's load would) or "skip"
-            the event.
+        value: the state field to chart (what the amounts add up to, for the bank).
+        recorded: the state field holding what the writer's own statements said (the bank's
+            recorded newBalance); when the aggregate has it, the totals show both. None: skip.
+        on_error: after a finding, "skip" the event and go on (default; balances follow the
+            amounts), or "stop" the stream there (as production's load would).
 
     Example:
         >>> report = balance_report("data/lake/workbench.duckdb", top_n=5)  # doctest: +SKIP
@@ -145,7 +150,9 @@ def balance_report(
     filters = scope_filters(cls.stream_prefix, user_ids=user_ids, stream_prefix=stream_prefix)
     with opened(lake) as lake_:
         events, record = read_recorded(lake_, **filters)
-    result = replay_frame(events, cls, on_error=on_error)
+        # Events the lake rejected at ingest are replayed as the undecodable events they are.
+        replayed = with_rejected(lake_, events, **filters)
+    result = replay_frame(replayed, cls, on_error=on_error)
     full = with_payload(result.timeline, events, value=value)
     if value not in full.columns:
         raise ConfigError(
@@ -156,8 +163,7 @@ def balance_report(
     periods_streams = most_active(
         full, max(top_n or 0, _heatmap_streams(full, every, start, end)), since=start, until=end
     )
-    findings = result.findings.join(events.select("event_id", TIME), on="event_id", how="left")
-    in_window = _in_window(findings, start, end)
+    in_window = _in_window(result.findings, start, end)
     return BalanceReport(
         read=record,
         replay=result,
@@ -175,7 +181,7 @@ def balance_report(
         closing=stream_summary(
             full.filter(pl.col("stream_name").is_in(charted)), since=start, until=end, value=value
         ),
-        totals=bank_totals(full, every=every, since=start, until=end, value=value),
+        totals=_totals(full, every=every, since=start, until=end, value=value, recorded=recorded),
         swings=largest_swings(full, since=start, until=end, value=value),
         findings=in_window,
         findings_by_kind=in_window.group_by("kind", "event_type")
@@ -185,6 +191,26 @@ def balance_report(
         until=end,
         every=every,
     )
+
+
+def _totals(
+    full: pl.DataFrame,
+    *,
+    every: str,
+    since: datetime | None,
+    until: datetime | None,
+    value: str,
+    recorded: str | None,
+) -> pl.DataFrame:
+    """Bank-wide totals of `value`, and beside them of `recorded` and the gap, when present."""
+    totals = bank_totals(full, every=every, since=since, until=until, value=value)
+    if recorded is None or recorded not in full.columns:
+        return totals
+    statements = bank_totals(full, every=every, since=since, until=until, value=recorded)
+    return totals.with_columns(
+        statements["total"].alias("recorded_total"),
+        (statements["total"] - totals["total"]).alias("drift_total"),
+    ).select("period_start", "period_end", "total", "recorded_total", "drift_total", "events")
 
 
 def scope_filters(

@@ -148,9 +148,9 @@ def test_each_event_gives_one_row_with_the_state_after_it() -> None:
             "changed": [
                 ["name", "email", "overdraft_limit"],
                 ["name", "email", "overdraft_limit"],
-                ["balance", "last_amount", "total_in"],
-                ["balance", "last_amount", "total_out"],
-                ["balance", "last_amount", "total_in"],
+                ["balance", "recorded_balance", "last_amount", "total_in"],
+                ["balance", "recorded_balance", "last_amount", "total_out"],
+                ["balance", "recorded_balance", "last_amount", "total_in"],
             ],
         },
         schema_overrides={"stream_revision": pl.UInt64, "balance": MONEY},
@@ -193,7 +193,14 @@ def test_a_rule_error_is_a_finding_and_stop_ends_that_stream() -> None:
     assert result.findings.columns == list(FINDINGS_COLUMNS)
     finding = result.findings.row(0, named=True)
     assert (finding["stream_name"], finding["stream_revision"]) == ("user-1", 2)
-    assert (finding["kind"], finding["error"]) == ("rule_violation", "OverdraftLimitExceeded")
+    assert (finding["kind"], finding["error"]) == ("overdraft", "OverdraftLimitExceeded")
+    assert (finding["rule"], finding["severity"]) == ("replay", "error")
+    assert json.loads(finding["evidence"]) == {
+        "balance_before": "10.00",
+        "amount": "25.00",
+        "balance_after": "-15.00",
+        "overdraft_limit": "0.00",
+    }
     assert "1 later event(s) not replayed" in finding["message"]
     assert balances(result.timeline, "user-1") == [Decimal("0.00"), Decimal("10.00")]
     assert balances(result.timeline, "user-2") == [Decimal("0.00"), Decimal("1.00")]
@@ -232,8 +239,8 @@ def test_a_version_gap_is_a_finding_and_skip_resumes_at_the_next_event() -> None
     h.deposit("1", "10.00", "10.00")
     h.deposit("1", "5.00", "25.00", revision=3)  # revision 2 is missing from the lake
 
-    stopped = replay_frame(h.frame(), BANK)
-    skipped = replay_frame(h.frame(), BANK, on_error="skip")
+    stopped = replay_frame(h.frame(), BANK, on_error="stop")
+    skipped = replay_frame(h.frame(), BANK)
 
     assert stopped.findings.select("stream_revision", "kind", "error").rows() == [
         (3, "version_gap", "HistoryError")
@@ -484,7 +491,7 @@ def test_the_vectorized_path_reports_drift_where_the_recorded_balance_disagrees(
     h.opened("1")
     h.deposit("1", "10.00", "10.00")
     drifted = h.withdraw("1", "2.50", "8.00")  # the amounts give 7.50
-    h.deposit("1", "1.00", "8.50")
+    back = h.deposit("1", "1.00", "8.50")  # back in line with the amounts: a second break
 
     vectorized = bank_balances(h.frame())
 
@@ -499,10 +506,17 @@ def test_the_vectorized_path_reports_drift_where_the_recorded_balance_disagrees(
         "balance",
         "new_balance",
         "drift",
+        "chain_break",
     ]
     assert vectorized["amount"].to_list() == [Decimal("10.00"), Decimal("-2.50"), Decimal("1.00")]
     assert vectorized["balance"].to_list() == [Decimal("10.00"), Decimal("7.50"), Decimal("8.50")]
     assert vectorized.filter(pl.col("drift") != 0)["event_id"].to_list() == [drifted]
+    assert vectorized["chain_break"].to_list() == [
+        Decimal("0.00"),
+        Decimal("0.50"),
+        Decimal("-0.50"),
+    ]
+    assert vectorized.filter(pl.col("chain_break") != 0)["event_id"].to_list() == [drifted, back]
     assert vectorized.schema["balance"] == MONEY
 
 
@@ -586,16 +600,16 @@ def test_findings_pin_exactly_the_anomalies_replay_can_see(sample: Sample) -> No
     assert got == expected
     kinds = dict(findings.select("error", "kind").unique().rows())
     assert kinds == {
-        "LedgerDriftError": "rule_violation",
-        "OverdraftLimitExceeded": "rule_violation",
-        "AccountClosed": "rule_violation",
+        "LedgerDriftError": "ledger_drift",
+        "OverdraftLimitExceeded": "overdraft",
+        "AccountClosed": "activity_after_close",
         "UnknownEventTypeError": "unknown_event_type",
         "PayloadDecodeError": "decode_error",
     }
 
 
 def test_stop_ends_each_troubled_stream_at_its_first_finding(sample: Sample) -> None:
-    stopped = replay(sample.lake, BANK)
+    stopped = replay(sample.lake, BANK, on_error="stop")
 
     per_stream = stopped.findings.group_by("stream_name").agg(
         pl.len().alias("n"), pl.col("stream_revision").first().alias("at")
@@ -683,29 +697,36 @@ def test_replay_reads_only_the_streams_asked_for(sample: Sample) -> None:
     assert prefixed.timeline["stream_name"].unique().to_list() == [two[0]]
 
 
-def test_vectorized_balances_agree_with_the_fold_except_at_drift(sample: Sample) -> None:
+def test_vectorized_balances_agree_with_the_fold_and_break_where_it_finds_drift(
+    sample: Sample,
+) -> None:
     with Lake(sample.lake, read_only=True) as lake:
         vectorized = bank_balances(lake)
-    folded = sample.replayed.timeline.select("event_id", pl.col("balance").alias("folded"))
+    folded = sample.replayed.timeline.select(
+        "event_id", pl.col("balance").alias("folded"), pl.col("balance_drift").alias("fold_drift")
+    )
 
     together = vectorized.join(folded, on="event_id", how="left")
 
-    # The computed balances are the fold's, at every money event ...
+    # The computed balances and drifts are the fold's, at every money event ...
     assert together["folded"].null_count() == 0
     assert_frame_equal(
         together.select(pl.col("folded").alias("balance")), together.select("balance")
     )
-    # ... and the recorded ones disagree exactly at the injected drift and duplicates (the
-    # generator carries on from the amounts, so a drift has no knock-on), which are exactly
-    # the fold's LedgerDriftError findings.
-    drifted = set(together.filter(pl.col("drift") != 0)["event_id"])
+    assert_frame_equal(
+        together.select(pl.col("fold_drift").alias("drift")), together.select("drift")
+    )
+    # ... and the recorded chain breaks exactly at the injected drift and duplicates (the
+    # writers carry on from their own statements, so a break has no knock-on), which are
+    # exactly the fold's ledger_drift findings.
+    broken = set(together.filter(pl.col("chain_break") != 0)["event_id"])
     injected = {
         a.event_id for a in sample.ledger.truth if a.kind in ("ledger_drift", "duplicate_event")
     }
     drift_findings = set(
-        sample.replayed.findings.filter(pl.col("error") == "LedgerDriftError")["event_id"]
+        sample.replayed.findings.filter(pl.col("kind") == "ledger_drift")["event_id"]
     )
-    assert drifted == injected == drift_findings
+    assert broken == injected == drift_findings
 
 
 def lake_of(h: History) -> Path:
@@ -734,3 +755,55 @@ def test_state_as_of_needs_exactly_one_cut(sample: Sample) -> None:
         state_as_of(sample.lake, BANK)
     with pytest.raises(ConfigError, match="exactly one"):
         state_as_of(sample.lake, BANK, at_position=1, at_time=T0)
+
+
+# --- ledger drift on real-world ledgers --------------------------------------------------------
+
+_money_event = st.tuples(
+    st.integers(0, 3),  # user
+    st.booleans(),  # deposit (else withdrawal)
+    st.integers(1, 500_000),  # amount in cents
+    st.one_of(  # the writer's error in cents: mostly none, sometimes a break of either sign
+        st.just(0), st.just(0), st.integers(-10_000, -1), st.integers(1, 10_000)
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_money_event, min_size=1, max_size=60))
+def test_k_injected_breaks_give_exactly_k_drift_findings_at_those_events(
+    operations: list[tuple[int, bool, int, int]],
+) -> None:
+    # A ledger written the way legacy writers write: each writer computes newBalance from its
+    # own last recorded balance, and carries on from whatever it wrote. Ground truth comes from
+    # this loop alone, not from the code under test.
+    h = History()
+    statement: dict[int, int] = {}
+    truth: dict[int, int] = {}
+    breaks: set[str] = set()
+    for user, deposit, cents, error in operations:
+        if user not in statement:
+            h.opened(str(user), limit="100000000.00")  # no overdraft can hide a break
+            statement[user] = truth[user] = 0
+        signed = cents if deposit else -cents
+        truth[user] += signed
+        statement[user] += signed + error
+        record = h.deposit if deposit else h.withdraw
+        event_id = record(
+            str(user), f"{Decimal(cents).scaleb(-2)}", f"{Decimal(statement[user]).scaleb(-2):.2f}"
+        )
+        if error:
+            breaks.add(event_id)
+
+    result = replay_frame(h.frame(), BANK)
+
+    drift = result.findings.filter(pl.col("kind") == "ledger_drift")
+    assert drift.height == len(breaks)
+    assert set(drift["event_id"]) == breaks
+    assert result.findings.height == len(breaks)  # nothing else, no cascade
+    final = result.states()
+    for user, cents in truth.items():
+        row = final.filter(pl.col("stream_name") == f"user-{user}").row(0, named=True)
+        assert row["balance"] == Decimal(cents).scaleb(-2)
+        assert row["recorded_balance"] == Decimal(statement[user]).scaleb(-2)
+        assert row["balance_drift"] == row["recorded_balance"] - row["balance"]

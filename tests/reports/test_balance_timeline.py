@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -175,3 +176,40 @@ def test_bad_periods_and_windows_say_the_fix() -> None:
         tl.balance_report("unused.duckdb", since="last tuesday")
     with pytest.raises(ConfigError, match="not a Polars duration"):
         tl.balance_report("unused.duckdb", every="fortnightly")
+
+
+def test_the_sample_reports_each_kind_it_holds_and_both_totals(tmp_path: Path) -> None:
+    from esworkbench.events import archive_line
+    from esworkbench.examples.bank.sample import REPLAY_ERRORS, generate
+    from esworkbench.lake import Lake, sync
+    from esworkbench.sources.files import open_archive
+
+    ledger = generate(users=30, seed=5, days=40)
+    archive = tmp_path / "ledger.jsonl"
+    archive.write_text("\n".join(archive_line(e) for e in ledger.events) + "\n")
+    lake = tmp_path / "lake.duckdb"
+    with Lake(lake) as opened:
+        sync(open_archive(archive), opened)
+
+    report = tl.balance_report(lake, top_n=3, every="1w")
+
+    # One row per kind replay can see in this ledger, named by the kind of each rule; events the
+    # lake rejected are the undecodable events they are, not holes in their streams.
+    kinds = set(report.findings_by_kind["kind"])
+    named = {
+        "ledger_drift": "ledger_drift",
+        "duplicate_event": "ledger_drift",
+        "overdraft": "overdraft",
+        "activity_after_close": "activity_after_close",
+        "unknown_event_type": "unknown_event_type",
+        "malformed_json": "decode_error",
+        "binary_payload": "decode_error",
+    }
+    assert kinds == {named[a.kind] for a in ledger.truth if REPLAY_ERRORS[a.kind] is not None}
+    assert "version_gap" not in kinds
+    # Both totals: what the amounts add up to, and what the statements said, to the cent.
+    last = report.totals.row(-1, named=True)
+    states = report.replay.states()
+    assert last["total"] == states["balance"].sum()
+    assert last["recorded_total"] == states["recorded_balance"].sum()
+    assert last["drift_total"] == last["recorded_total"] - last["total"]

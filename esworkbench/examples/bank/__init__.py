@@ -8,17 +8,31 @@ Commands (``User.create``, ``deposit``, ``withdraw``, ``change_email``, ``close`
 ``transfer`` function) check today's rules *before* recording an event, and refuse with a small
 named ``DomainRuleError``. ``apply`` is different: it must replay history that older writers
 produced, so it always applies an event's effect first (the amounts are the ledger's truth, the
-recorded ``newBalance`` is a claim) and *then* checks the event against today's rules, raising:
+recorded ``newBalance`` is a claim) and *then* checks the event against every one of today's
+rules, raising each rule it breaks (one ``DomainRuleError``, or a ``DomainRuleErrors`` group
+when it breaks several), with the finding kind each counts under:
 
-    NoSuchUser              an event before UserCreated
-    UserAlreadyExists       a second UserCreated (state unchanged)
-    AccountClosed           any event after UserClosed
-    LedgerDriftError        a recorded newBalance that disagrees with the sum of the amounts
-    OverdraftLimitExceeded  a withdrawal or transfer that left the balance below -limit
+    NoSuchUser              event_before_creation  an event before UserCreated
+    UserAlreadyExists       duplicate_creation     a second UserCreated (state unchanged)
+    AccountClosed           activity_after_close   any event after UserClosed
+    LedgerDriftError        ledger_drift           a recorded newBalance that breaks the chain of
+                                                   statements: previous recorded balance +/- amount
+    OverdraftLimitExceeded  overdraft              a withdrawal or transfer that left the balance
+                                                   (the sum of the amounts) below -limit
 
-Because the effect is already applied when it raises, a replay that records the error and goes
-on (the fold stage turns it into a finding) keeps exact state: one bad event gives one finding,
-not a cascade. Production code never sees these raises, since commands refuse first.
+Two balances are kept. ``balance`` is what the amounts add up to (the ledger's truth, and what
+rules such as the overdraft limit judge); ``recorded_balance`` is the writer's own last
+``newBalance`` (what the bank's statements said), and ``balance_drift`` their difference. The
+ledger-drift rule checks the statement chain a real bank statement obeys, not the running sum:
+real writers carry on from their own recorded balance, so after one wrong ``newBalance`` every
+later event agrees with the chain again, and one break is exactly one finding, while the drift
+(``balance_drift``) shows how far the statements and the amounts have drifted apart. New
+commands continue the chain (``newBalance`` = recorded balance +/- amount), as such a writer
+would; on clean history the two balances are equal.
+
+Because the effect is already applied when it raises, a replay that records the errors and goes
+on (the fold stage turns each into a finding) keeps exact state: no cascade over later events.
+Production code never sees these raises, since commands refuse first.
 """
 
 from __future__ import annotations
@@ -29,7 +43,7 @@ from decimal import Decimal
 from typing import Any, Self
 
 from esworkbench.aggregates import CAUSATION_KEY, AggregateRoot, DomainEvent
-from esworkbench.errors import DomainRuleError, HistoryError
+from esworkbench.errors import DomainRuleError, DomainRuleErrors, HistoryError
 from esworkbench.examples.bank.events import (
     DEFAULT_OVERDRAFT_LIMIT,
     ZERO,
@@ -96,6 +110,8 @@ class NonPositiveAmount(InvalidAmount):
 class OverdraftLimitExceeded(DomainRuleError):
     """A withdrawal or transfer would take the balance below minus the overdraft limit."""
 
+    kind = "overdraft"
+
     def __init__(self, user_id: str, balance: Decimal, amount: Decimal, limit: Decimal) -> None:
         self.user_id, self.balance, self.amount, self.limit = user_id, balance, amount, limit
         super().__init__(
@@ -103,9 +119,20 @@ class OverdraftLimitExceeded(DomainRuleError):
             f"passes the overdraft limit of {limit}"
         )
 
+    def evidence(self) -> dict[str, Any]:
+        """Balance before, amount, balance after and the limit it passed."""
+        return {
+            "balance_before": self.balance,
+            "amount": self.amount,
+            "balance_after": self.balance - self.amount,
+            "overdraft_limit": self.limit,
+        }
+
 
 class AccountClosed(DomainRuleError):
     """Nothing may happen on a closed account."""
+
+    kind = "activity_after_close"
 
     def __init__(self, user_id: str) -> None:
         self.user_id = user_id
@@ -115,6 +142,8 @@ class AccountClosed(DomainRuleError):
 class UserAlreadyExists(DomainRuleError):
     """A user is created once."""
 
+    kind = "duplicate_creation"
+
     def __init__(self, user_id: str) -> None:
         self.user_id = user_id
         super().__init__(f"user {user_id!r} already exists; load it instead of creating it")
@@ -122,6 +151,8 @@ class UserAlreadyExists(DomainRuleError):
 
 class NoSuchUser(DomainRuleError):
     """Commands (and events) need a created user."""
+
+    kind = "event_before_creation"
 
     def __init__(self, user_id: str) -> None:
         self.user_id = user_id
@@ -179,15 +210,44 @@ class BalanceNotZero(DomainRuleError):
 
 
 class LedgerDriftError(DomainRuleError):
-    """Replay only: an event's recorded newBalance disagrees with the sum of the amounts."""
+    """Replay only: a recorded newBalance breaks the chain of the writer's own statements.
 
-    def __init__(self, user_id: str, event_id: str, recorded: Decimal, computed: Decimal) -> None:
+    The chain: each recorded newBalance is the previous recorded one plus or minus the amount.
+    """
+
+    kind = "ledger_drift"
+
+    def __init__(
+        self,
+        user_id: str,
+        event_id: str,
+        recorded: Decimal,
+        expected: Decimal,
+        previous: Decimal,
+        balance: Decimal,
+    ) -> None:
         self.user_id, self.event_id = user_id, event_id
-        self.recorded, self.computed = recorded, computed
-        super().__init__(
-            f"user {user_id!r}, event {event_id}: recorded newBalance {recorded} "
-            f"but the amounts add up to {computed} (drift {recorded - computed})"
+        self.recorded, self.expected, self.previous, self.balance = (
+            recorded,
+            expected,
+            previous,
+            balance,
         )
+        super().__init__(
+            f"user {user_id!r}, event {event_id}: recorded newBalance {recorded}, but the "
+            f"previous recorded balance {previous} and the amount give {expected} "
+            f"(break {recorded - expected:+}; the amounts add up to {balance})"
+        )
+
+    def evidence(self) -> dict[str, Any]:
+        """The previous recorded balance, the expected and the recorded new balance."""
+        return {
+            "previous_recorded": self.previous,
+            "expected": self.expected,
+            "recorded": self.recorded,
+            "break": self.recorded - self.expected,
+            "balance": self.balance,
+        }
 
 
 def _amount(value: Decimal | int | str) -> Decimal:
@@ -228,6 +288,10 @@ class User(AggregateRoot):
         self.name = ""
         self.email = ""
         self.balance = ZERO
+        # The writer's own statements: its last recorded newBalance, and how far it has
+        # drifted from the amounts (balance_drift = recorded_balance - balance).
+        self.recorded_balance = ZERO
+        self.balance_drift = ZERO
         self.overdraft_limit = ZERO
         self.closed = False
         # Signed amount of the last money movement, and running totals (balance == in - out).
@@ -254,6 +318,7 @@ class User(AggregateRoot):
             >>> User.create("7", name="Bo", email="bo@example.com", overdraft_limit=0).state()
             ... # doctest: +NORMALIZE_WHITESPACE
             {'name': 'Bo', 'email': 'bo@example.com', 'balance': Decimal('0.00'),
+             'recorded_balance': Decimal('0.00'), 'balance_drift': Decimal('0.00'),
              'overdraft_limit': Decimal('0.00'), 'closed': False, 'last_amount': Decimal('0.00'),
              'total_in': Decimal('0.00'), 'total_out': Decimal('0.00')}
         """
@@ -294,7 +359,7 @@ class User(AggregateRoot):
         self._require_open()
         value = _amount(amount)
         return self.add_event(
-            BalanceDeposited(self.id, value, self.balance + value), metadata=metadata
+            BalanceDeposited(self.id, value, self.recorded_balance + value), metadata=metadata
         )
 
     def withdraw(
@@ -315,7 +380,7 @@ class User(AggregateRoot):
         value = _amount(amount)
         self._require_cover(value)
         return self.add_event(
-            BalanceWithdrawn(self.id, value, self.balance - value), metadata=metadata
+            BalanceWithdrawn(self.id, value, self.recorded_balance - value), metadata=metadata
         )
 
     def change_email(self, email: str, *, metadata: Mapping[str, Any] | None = None) -> DomainEvent:
@@ -348,10 +413,10 @@ class User(AggregateRoot):
     # replay: apply the effect, then hold the event to today's rules (see the module docstring)
 
     def apply(self, event: DomainEvent) -> None:
-        """Change state for one event; raise a named rule error for history today's rules reject."""
+        """Change state for one event, then raise every rule it breaks (see the module docs)."""
         was_created, was_closed = self._created, self.closed
         recorded: Decimal | None = None
-        debit = False
+        amount = ZERO
         match event.data:
             case UserCreated(name=name, email=email, overdraft_limit=limit):
                 if was_created:
@@ -373,7 +438,6 @@ class User(AggregateRoot):
                 self.balance -= amount
                 self.total_out += amount
                 self.last_amount = -amount
-                debit = True
             case EmailChanged(email=email):
                 self.email = email
             case UserClosed():
@@ -386,16 +450,30 @@ class User(AggregateRoot):
                     expected_version=self.version + 1,
                     event_version=event.aggregate_version,
                 )
+        broken: list[DomainRuleError] = []
         if not was_created:
-            raise NoSuchUser(self.id)
+            broken.append(NoSuchUser(self.id))
         if was_closed:
-            raise AccountClosed(self.id)
-        if recorded is not None and recorded != self.balance:
-            raise LedgerDriftError(self.id, event.event_id, recorded, self.balance)
-        if debit and self.balance < -self.overdraft_limit:
-            raise OverdraftLimitExceeded(
-                self.id, self.balance + amount, amount, self.overdraft_limit
-            )
+            broken.append(AccountClosed(self.id))
+        if recorded is not None:
+            previous = self.recorded_balance
+            expected = previous + self.last_amount
+            self.recorded_balance = recorded
+            self.balance_drift = recorded - self.balance
+            if recorded != expected:
+                broken.append(
+                    LedgerDriftError(
+                        self.id, event.event_id, recorded, expected, previous, self.balance
+                    )
+                )
+            if self.last_amount < 0 and self.balance < -self.overdraft_limit:
+                broken.append(
+                    OverdraftLimitExceeded(
+                        self.id, self.balance + amount, amount, self.overdraft_limit
+                    )
+                )
+        if broken:
+            raise DomainRuleErrors.of(broken)
 
 
 def transfer(
@@ -431,11 +509,12 @@ def transfer(
     sender._require_cover(value)
     tid = transfer_id or str(uuid.uuid4())
     sent = sender.add_event(
-        TransferSent(sender.id, tid, receiver.id, value, sender.balance - value), metadata=metadata
+        TransferSent(sender.id, tid, receiver.id, value, sender.recorded_balance - value),
+        metadata=metadata,
     )
     received_metadata = {**(metadata or {}), CAUSATION_KEY: sent.event_id}
     received = receiver.add_event(
-        TransferReceived(receiver.id, tid, sender.id, value, receiver.balance + value),
+        TransferReceived(receiver.id, tid, sender.id, value, receiver.recorded_balance + value),
         metadata=received_metadata,
     )
     return sent, received

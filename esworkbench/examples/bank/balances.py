@@ -38,6 +38,7 @@ _BANK_COLUMNS = (
     "balance",
     "new_balance",
     "drift",
+    "chain_break",
 )
 # Exact money as the bank writes it: a decimal string with at most two places. Anything else
 # (the fold reports it as decode_error) moves nothing here either, rather than being rounded.
@@ -50,8 +51,10 @@ def bank_balances(events: Lake | str | Path | pl.DataFrame) -> pl.DataFrame:
     Deposits and transfers received add, withdrawals and transfers sent subtract, in revision
     order per ``user-*`` stream. The same balances as replaying through ``bank.User`` with
     on_error="skip" (the bank applies every amount, whatever rule it breaks), ~13x faster on
-    1M events (bench/fold.py), but it checks no rule: compare ``balance`` (the amounts' sum)
-    with ``new_balance`` (what the writer recorded) to see drift.
+    1M events (bench/fold.py), but it checks no rule: ``drift`` is how far ``new_balance`` (what
+    the writer recorded) is from ``balance`` (the amounts' sum), and ``chain_break`` is non-zero
+    exactly where a recorded balance breaks the writer's own chain of statements (the fold's
+    ``ledger_drift`` findings).
 
     Args:
         events: a lake, a lake path, or a frame of envelope rows (``lake.read_events()``).
@@ -59,7 +62,8 @@ def bank_balances(events: Lake | str | Path | pl.DataFrame) -> pl.DataFrame:
     Returns:
         One row per money event, ordered by commit_position: stream_name, stream_revision,
         commit_position, occurred_at, event_type, event_id, amount (signed), balance (computed),
-        new_balance (recorded), drift (new_balance - balance); money as Decimal(38, 2), exact.
+        new_balance (recorded), drift (new_balance - balance), chain_break (new_balance - the
+        previous recorded balance - amount); money as Decimal(38, 2), exact.
         An amount that is not exact money is null and moves nothing.
 
     Example:
@@ -104,7 +108,18 @@ def _bank_balances(scan: pl.LazyFrame) -> pl.LazyFrame:
             .over("stream_name")
             .alias("balance")
         )
-        .with_columns((pl.col("new_balance") - pl.col("balance")).cast(_MONEY).alias("drift"))
+        .with_columns(
+            (pl.col("new_balance") - pl.col("balance")).cast(_MONEY).alias("drift"),
+            # The writer's chain of statements: the previous recorded balance (the last one
+            # readable, zero before the first) plus the signed amount.
+            (
+                pl.col("new_balance")
+                - pl.col("new_balance").forward_fill().shift(1).over("stream_name").fill_null(0)
+                - pl.col("amount")
+            )
+            .cast(_MONEY)
+            .alias("chain_break"),
+        )
         .sort("commit_position")
         .select(*_BANK_COLUMNS)
     )

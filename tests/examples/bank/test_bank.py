@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from esworkbench.aggregates import DomainEvent, decode_event, encode_event
-from esworkbench.errors import DomainRuleError, HistoryError, PayloadDecodeError
+from esworkbench.errors import DomainRuleError, DomainRuleErrors, HistoryError, PayloadDecodeError
 from esworkbench.examples import bank
 from esworkbench.examples.bank import (
     AccountClosed,
@@ -58,6 +58,8 @@ def test_a_created_user_starts_empty_with_its_limit() -> None:
         "name": "Ada Lovelace",
         "email": "ada@example.com",
         "balance": Decimal("0.00"),
+        "recorded_balance": Decimal("0.00"),
+        "balance_drift": Decimal("0.00"),
         "overdraft_limit": Decimal("250.00"),
         "closed": False,
         "last_amount": Decimal("0.00"),
@@ -245,15 +247,89 @@ def test_replayed_drift_keeps_the_amounts_and_names_both_balances() -> None:
     with pytest.raises(LedgerDriftError) as caught:
         user.apply(drifted)
 
-    assert (caught.value.event_id, caught.value.recorded, caught.value.computed) == (
+    error = caught.value
+    assert (error.event_id, error.recorded, error.expected, error.previous) == (
         "d",
         Decimal("11.00"),
         Decimal("10.00"),
+        Decimal("0.00"),
     )
+    assert error.kind == "ledger_drift"
+    assert error.evidence()["break"] == Decimal("1.00")
     assert user.balance == Decimal("10.00")  # the amount is the ledger's truth
+    assert (user.recorded_balance, user.balance_drift) == (Decimal("11.00"), Decimal("1.00"))
     user.version = 1
-    user.apply(stored("ada", 2, BalanceWithdrawn("ada", Decimal("4.00"), Decimal("6.00"))))
-    assert user.balance == Decimal("6.00")  # and the next event is consistent again
+    # The writer carries on from its own statement: the chain holds again, no finding ...
+    user.apply(stored("ada", 2, BalanceWithdrawn("ada", Decimal("4.00"), Decimal("7.00"))))
+    # ... while the drift between the statements and the amounts stays in view.
+    assert (user.balance, user.recorded_balance, user.balance_drift) == (
+        Decimal("6.00"),
+        Decimal("7.00"),
+        Decimal("1.00"),
+    )
+
+
+def _replay_breaks(user: User, payloads: list[Any]) -> dict[int, list[str]]:
+    """Replay `payloads` after creation; the rule kinds each revision broke."""
+    broken: dict[int, list[str]] = {}
+    for revision, payload in enumerate(payloads, start=1):
+        try:
+            user.load_from_history([stored("ada", revision, payload, f"e{revision}")])
+        except DomainRuleErrors as group:
+            broken[revision] = [e.kind for e in group.exceptions]
+        except DomainRuleError as e:
+            broken[revision] = [e.kind]
+        user.version = revision
+    return broken
+
+
+def test_one_break_is_one_finding_and_a_cancelling_break_is_found_too() -> None:
+    # The minimal case: recorded balances 100 -> 100, +0.50 -> 100.40, -10 -> 90.40,
+    # -10 -> 80.40, +0.50 -> 81.00. The chain breaks at revisions 2 and 5 only; the second
+    # break brings the statements back in line with the amounts.
+    d = Decimal
+    user = opened()
+    broken = _replay_breaks(
+        user,
+        [
+            BalanceDeposited("ada", d("100.00"), d("100.00")),
+            BalanceDeposited("ada", d("0.50"), d("100.40")),
+            BalanceWithdrawn("ada", d("10.00"), d("90.40")),
+            BalanceWithdrawn("ada", d("10.00"), d("80.40")),
+            BalanceDeposited("ada", d("0.50"), d("81.00")),
+        ],
+    )
+    assert broken == {2: ["ledger_drift"], 5: ["ledger_drift"]}
+    assert (user.balance, user.recorded_balance, user.balance_drift) == (
+        d("81.00"),
+        d("81.00"),
+        d("0.00"),
+    )
+
+
+def test_every_rule_is_checked_on_every_event() -> None:
+    # A withdrawal that both breaks the chain and passes the overdraft limit, on a closed
+    # account: three findings for one event, none hiding another.
+    d = Decimal
+    user = opened("0.00")
+    broken = _replay_breaks(
+        user,
+        [
+            BalanceDeposited("ada", d("5.00"), d("5.00")),
+            BalanceWithdrawn("ada", d("5.00"), d("0.00")),
+            UserClosed("ada"),
+            BalanceWithdrawn("ada", d("20.00"), d("-19.00")),
+        ],
+    )
+    assert broken == {4: ["activity_after_close", "ledger_drift", "overdraft"]}
+    assert user.balance == d("-20.00")
+
+
+def test_commands_still_raise_the_first_rule_they_break() -> None:
+    user = ada("0.00")
+    user.close()
+    with pytest.raises(AccountClosed):  # not a group: production code sees one named error
+        user.withdraw("50.00")
 
 
 def test_replayed_overdraft_and_activity_after_close_are_named_rule_errors() -> None:

@@ -246,7 +246,8 @@ def check_shape(a: Anomaly, e: dict[str, Any], ledger: Ledger, closed: set[str])
             assert "drift" in a.detail and data["newBalance"] in a.detail
         case "overdraft":
             assert e["event_type"] == "BalanceWithdrawn"
-            assert f"to {data['newBalance']}" in a.detail
+            assert f"recorded newBalance {data['newBalance']})" in a.detail
+            assert "past the overdraft limit" in a.detail
         case "unmatched_transfer":
             assert e["event_type"] == "TransferSent" and data["transferId"] in a.detail
         case "activity_after_close":

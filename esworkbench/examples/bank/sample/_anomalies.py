@@ -5,6 +5,12 @@ its next revision, records the ground truth, and returns False when no user suit
 simulation then tries again the next day). Decodable events are also replayed into the user's
 aggregate, so the simulation carries on from the state a replay gives; the replay must raise
 exactly ``REPLAY_ERRORS[kind]`` or the generator stops with a bug report.
+
+Every injected newBalance is written the way a legacy writer does it: from the writer's own
+last recorded balance (``recorded_balance``), and the writer carries on from whatever it wrote,
+so a wrong balance is one break in the chain of statements, never a cascade. Some drifts cancel
+an earlier one (the statements come back in line with the amounts), and half the overdrafts hit
+accounts with no overdraft facility at all.
 """
 
 from __future__ import annotations
@@ -116,45 +122,57 @@ def _write_bytes(
 
 
 def _ledger_drift(sim: Simulation, t: int) -> bool:
-    c = _pick(sim)
+    # Half the time, a writer whose statements have drifted writes the break that cancels it.
+    cancel = sim.rng.random() < 0.5
+    c = _pick(sim, lambda c: c.user is not None and c.user.balance_drift != 0) if cancel else None
+    if c is None:
+        cancel, c = False, _pick(sim)
     if c is None or c.user is None:
         return False
     user, amount = c.user, sim.amount(c.spend_mean)
-    drift = sim.rng.choice(_DRIFTS) * sim.rng.choice((1, -1))
+    drift = -user.balance_drift if cancel else sim.rng.choice(_DRIFTS) * sim.rng.choice((1, -1))
     payload: Any
     if sim.covers(c, amount) and sim.rng.random() < 0.5:
-        computed = user.balance - amount
-        payload = bank.BalanceWithdrawn(c.uid, amount, computed + drift)
+        chained = user.recorded_balance - amount
+        payload = bank.BalanceWithdrawn(c.uid, amount, chained + drift)
     else:
-        computed = user.balance + amount
-        payload = bank.BalanceDeposited(c.uid, amount, computed + drift)
+        chained = user.recorded_balance + amount
+        payload = bank.BalanceDeposited(c.uid, amount, chained + drift)
+    how = "cancelling the earlier drift" if cancel else f"drift {drift:+}"
     _write(
         sim,
         c,
         "ledger_drift",
         t,
         payload,
-        f"{type(payload).__name__} of {amount} records newBalance "
-        f"{payload.new_balance}; the amounts give {computed} (drift {drift:+})",
+        f"{type(payload).__name__} of {amount} records newBalance {payload.new_balance}; the "
+        f"previous recorded balance and the amount give {chained} (break {drift:+}, {how})",
     )
     return True
 
 
 def _overdraft(sim: Simulation, t: int) -> bool:
-    c = _pick(sim)
+    # Half of them on accounts with no overdraft facility, which must never go below zero.
+    no_facility = sim.rng.random() < 0.5
+    c = (
+        _pick(sim, lambda c: c.user is not None and c.user.overdraft_limit == 0)
+        if no_facility
+        else None
+    )
+    c = c or _pick(sim)
     if c is None or c.user is None:
         return False
     user = c.user
     amount = max(user.balance + user.overdraft_limit, Decimal(0)) + sim.amount(60, 500)
-    new = user.balance - amount
+    new = user.recorded_balance - amount
     _write(
         sim,
         c,
         "overdraft",
         t,
         bank.BalanceWithdrawn(c.uid, amount, new),
-        f"withdrawal of {amount} takes the balance to {new}, past the overdraft "
-        f"limit of {user.overdraft_limit}",
+        f"withdrawal of {amount} (recorded newBalance {new}) takes the balance to "
+        f"{user.balance - amount}, past the overdraft limit of {user.overdraft_limit}",
     )
     return True
 
@@ -171,7 +189,7 @@ def _unmatched_transfer(sim: Simulation, t: int) -> bool:
         c,
         "unmatched_transfer",
         t,
-        bank.TransferSent(c.uid, transfer_id, to.uid, amount, c.user.balance - amount),
+        bank.TransferSent(c.uid, transfer_id, to.uid, amount, c.user.recorded_balance - amount),
         f"TransferSent {transfer_id} of {amount} to {to.stream}: no TransferReceived "
         "was ever written",
     )
@@ -195,7 +213,7 @@ def _activity_after_close(sim: Simulation, t: int) -> bool:
         c,
         "activity_after_close",
         t,
-        bank.BalanceDeposited(c.uid, amount, c.user.balance + amount),
+        bank.BalanceDeposited(c.uid, amount, c.user.recorded_balance + amount),
         f"deposit of {amount} after UserClosed",
     )
     return True
@@ -276,7 +294,7 @@ def _malformed_json(sim: Simulation, t: int) -> bool:
         return False
     amount = sim.amount(150)
     full = json.dumps(
-        bank.BalanceDeposited(c.uid, amount, c.user.balance + amount).to_json(),
+        bank.BalanceDeposited(c.uid, amount, c.user.recorded_balance + amount).to_json(),
         separators=(",", ":"),
     ).encode()
     cut = len(full) // 3 + sim.rng.randrange(len(full) - 1 - len(full) // 3)

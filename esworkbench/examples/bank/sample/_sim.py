@@ -210,7 +210,9 @@ class Simulation:
                 enc = encode_event(e, bank.registry)
             new_balance = getattr(e.data, "new_balance", None)
             if new_balance is not None:
-                c.balance_cents = int(new_balance.scaleb(2))
+                # Commands continue the writer's own chain of statements; the balance the
+                # amounts give is that less the drift earlier anomalies left (unchanged here).
+                c.balance_cents = int((new_balance - c.user.balance_drift).scaleb(2))
             self.emit(c, enc, e.aggregate_version, t)
 
     def truth(self, kind: AnomalyKind, c: Customer, detail: str) -> None:
