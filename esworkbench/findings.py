@@ -29,6 +29,7 @@ __all__ = [
     "FINDINGS_SCHEMA",
     "HISTORY_KINDS",
     "SEVERITIES",
+    "SEVERITY_BY_KIND",
     "Severity",
     "evidence_json",
     "severity_of",
@@ -68,7 +69,7 @@ HISTORY_KINDS = (
 # How serious each known kind is; a kind not listed is a warning. Errors are history that is
 # wrong (money that does not add up, events nobody can read); warnings are history a person
 # should look at (an event of a type this code does not know yet).
-_SEVERITY: Mapping[str, Severity] = {
+SEVERITY_BY_KIND: Mapping[str, Severity] = {
     "version_gap": "error",
     "version_out_of_order": "error",
     "foreign_event": "error",
@@ -80,12 +81,21 @@ _SEVERITY: Mapping[str, Severity] = {
     "activity_after_close": "error",
     "event_before_creation": "error",
     "duplicate_creation": "error",
+    "duplicate_event": "error",
+    "timestamp_out_of_order": "warning",
+    "schema_drift": "info",
+    "metadata_missing_field": "warning",
+    "dangling_reference": "warning",
+    "unmatched_transfer": "error",
+    "transfer_amount_mismatch": "error",
+    "amount_outlier": "warning",
+    "negative_balance_without_facility": "error",
 }
 
 
 def severity_of(kind: str) -> Severity:
     """The severity of a finding kind (``warning`` for kinds not known here)."""
-    return _SEVERITY.get(kind, "warning")
+    return SEVERITY_BY_KIND.get(kind, "warning")
 
 
 def evidence_json(values: Mapping[str, Any]) -> str | None:

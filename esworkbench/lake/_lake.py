@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
@@ -316,6 +316,21 @@ class Lake:
     def read_checkpoints(self) -> pl.DataFrame:
         """Source key -> commit position synced through."""
         return self._frame("SELECT * FROM _checkpoints ORDER BY source_key")
+
+    def read_sql(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        """The result of one SQL query over the lake's tables and views, as a DataFrame.
+
+        The tables are those of the module docstring (`events`, `_rejected`, ...) and the typed
+        views ``typed."<event type>"``; the connection is the lake's own (UTC time zone).
+
+        Example:
+            >>> lake.read_sql("SELECT event_type, count(*) AS n FROM events GROUP BY ALL")
+            ... # doctest: +SKIP
+        """
+        try:
+            return self._frame(sql, None if params is None else list(params))
+        except duckdb.Error as e:
+            raise LakeError(f"the query failed: {e}. Query: {sql.strip()[:300]}") from e
 
     def _frame(self, sql: str, params: Any = None) -> pl.DataFrame:
         rel = self._con.sql(sql, params=params)

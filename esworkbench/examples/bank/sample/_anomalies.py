@@ -63,6 +63,7 @@ def _write(
     payload: Any,
     detail: str,
     encoded: EncodedEvent | None = None,
+    also: tuple[str, ...] = (),
 ) -> None:
     """Write a decodable event raw, bypassing the rules, and replay it into the user."""
     user = c.user
@@ -92,7 +93,7 @@ def _write(
     else:
         encoded = encoded._replace(event_id=event.event_id)
     sim.emit(c, encoded, event.aggregate_version, t)
-    sim.truth(kind, c, detail)
+    sim.truth(kind, c, detail, also)
 
 
 def _write_bytes(
@@ -173,6 +174,7 @@ def _overdraft(sim: Simulation, t: int) -> bool:
         bank.BalanceWithdrawn(c.uid, amount, new),
         f"withdrawal of {amount} (recorded newBalance {new}) takes the balance to "
         f"{user.balance - amount}, past the overdraft limit of {user.overdraft_limit}",
+        also=("negative_balance_without_facility",) if user.overdraft_limit == 0 else (),
     )
     return True
 

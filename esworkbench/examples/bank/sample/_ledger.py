@@ -34,10 +34,32 @@ AnomalyKind = Literal[
     "amount_outlier",
 ]
 ANOMALY_KINDS: tuple[AnomalyKind, ...] = get_args(AnomalyKind)
+# Not injected, but written on purpose: the first event of a newer payload schema (legacy
+# UserCreated v1 -> v2 -> v3), where a schema-drift check rightly fires.
+TruthKind = AnomalyKind | Literal["schema_change"]
+TRUTH_KINDS: tuple[TruthKind, ...] = (*ANOMALY_KINDS, "schema_change")
+
+# The finding kinds a complete check (esworkbench.examples.bank.rules:RULES) reports at each
+# truth event; an injector adds more where the event warrants (an overdraft on an account with
+# no overdraft facility is also negative_balance_without_facility).
+FINDINGS_BY_KIND: Mapping[TruthKind, tuple[str, ...]] = {
+    "ledger_drift": ("ledger_drift",),
+    "overdraft": ("overdraft",),
+    "unmatched_transfer": ("unmatched_transfer",),
+    "activity_after_close": ("activity_after_close",),
+    # a repeat repeats the original's newBalance: the statement chain breaks there too
+    "duplicate_event": ("duplicate_event", "ledger_drift"),
+    "timestamp_out_of_order": ("timestamp_out_of_order",),
+    "unknown_event_type": ("unknown_event_type",),
+    "malformed_json": ("decode_error",),
+    "binary_payload": ("decode_error",),
+    "amount_outlier": ("amount_outlier",),
+    "schema_change": ("schema_drift",),
+}
 
 # What replaying an injected event through bank.User raises. A duplicated money event repeats
 # the original's newBalance, so replay also sees it as drift, as it would in a real ledger.
-REPLAY_ERRORS: Mapping[AnomalyKind, type[EsWorkbenchError] | None] = {
+REPLAY_ERRORS: Mapping[TruthKind, type[EsWorkbenchError] | None] = {
     "ledger_drift": LedgerDriftError,
     "overdraft": OverdraftLimitExceeded,
     "unmatched_transfer": None,
@@ -48,18 +70,29 @@ REPLAY_ERRORS: Mapping[AnomalyKind, type[EsWorkbenchError] | None] = {
     "malformed_json": PayloadDecodeError,
     "binary_payload": PayloadDecodeError,
     "amount_outlier": None,
+    "schema_change": None,
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Anomaly:
-    """One injected anomaly: its kind and the exact event that carries it."""
+    """One truth row: its kind, the exact event that carries it, what a check must find there.
 
-    kind: AnomalyKind
+    Attributes:
+        kind: an injected anomaly kind (ANOMALY_KINDS) or ``schema_change``.
+        stream_name: the stream of the event.
+        stream_revision: its revision.
+        event_id: its id.
+        detail: what was written, in words.
+        findings: the finding kinds a complete check reports at this event, and no others.
+    """
+
+    kind: TruthKind
     stream_name: str
     stream_revision: int
     event_id: str
     detail: str
+    findings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,18 +101,20 @@ class Anomaly:
             "stream_revision": self.stream_revision,
             "event_id": self.event_id,
             "detail": self.detail,
+            "findings": list(self.findings),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Anomaly:
-        if data["kind"] not in ANOMALY_KINDS:
-            raise ValueError(f"unknown anomaly kind {data['kind']!r}; known: {ANOMALY_KINDS}")
+        if data["kind"] not in TRUTH_KINDS:
+            raise ValueError(f"unknown anomaly kind {data['kind']!r}; known: {TRUTH_KINDS}")
         return cls(
             data["kind"],
             data["stream_name"],
             int(data["stream_revision"]),
             data["event_id"],
             data["detail"],
+            tuple(data.get("findings") or FINDINGS_BY_KIND[data["kind"]]),
         )
 
 

@@ -30,7 +30,14 @@ from esworkbench.errors import ConfigError
 from esworkbench.events import SCHEMA_VERSION_KEY
 from esworkbench.examples import bank
 from esworkbench.examples.bank import User
-from esworkbench.examples.bank.sample._ledger import ANOMALY_KINDS, Anomaly, AnomalyKind, Ledger
+from esworkbench.examples.bank.sample._ledger import (
+    ANOMALY_KINDS,
+    FINDINGS_BY_KIND,
+    Anomaly,
+    AnomalyKind,
+    Ledger,
+    TruthKind,
+)
 
 DAY_US = 86_400_000_000
 HOUR_US = 3_600_000_000
@@ -107,6 +114,7 @@ class Simulation:
         self._inject = inject  # writes one anomaly; False when no user suits it now
         self._sha = hashlib.sha1(namespace.bytes)
         self._ids = 0
+        self._schema: int | None = None  # schema of the last UserCreated written
         self.day0_us = (ledger.start - _EPOCH_DATE).days * DAY_US
         self.clock = self.day0_us
         self.position = 4096  # a real log starts with a few system records
@@ -208,17 +216,36 @@ class Simulation:
                 enc = _legacy_user_created(e, c.schema)
             else:
                 enc = encode_event(e, bank.registry)
+            # The first UserCreated of a newer schema than the one before it.
+            changed = e.aggregate_version == 0 and self._schema not in (None, c.schema)
+            previous = self._schema
+            if e.aggregate_version == 0:
+                self._schema = c.schema
             new_balance = getattr(e.data, "new_balance", None)
             if new_balance is not None:
                 # Commands continue the writer's own chain of statements; the balance the
                 # amounts give is that less the drift earlier anomalies left (unchanged here).
                 c.balance_cents = int((new_balance - c.user.balance_drift).scaleb(2))
             self.emit(c, enc, e.aggregate_version, t)
+            if changed:
+                self.truth(
+                    "schema_change",
+                    c,
+                    f"the first UserCreated written by schema v{c.schema} (before: v{previous})",
+                )
 
-    def truth(self, kind: AnomalyKind, c: Customer, detail: str) -> None:
+    def truth(self, kind: TruthKind, c: Customer, detail: str, also: tuple[str, ...] = ()) -> None:
+        """Record the last event written as ground truth (`also`: more finding kinds due)."""
         ledger = self.ledger
         ledger.truth.append(
-            Anomaly(kind, c.stream, ledger.stream_revision[-1], ledger.event_id[-1], detail)
+            Anomaly(
+                kind,
+                c.stream,
+                ledger.stream_revision[-1],
+                ledger.event_id[-1],
+                detail,
+                (*FINDINGS_BY_KIND[kind], *also),
+            )
         )
 
     # --- the simulation -----------------------------------------------------------------------
