@@ -1,0 +1,53 @@
+"""Projection-rebuild experiments: read models rebuilt from the lake, compared, traced, timed.
+
+A projection builds a read model (one row per key) from events: a Python class with a handler
+per event type (`Projection`), or one query over the lake (`SqlProjection`), named by import
+path like aggregates. This stage rebuilds read models from the lake into their own DuckDB
+schema (``rm_<name>_v<version>``) in resumable chunks with progress, an ETA and timings
+(`rebuild`, `estimate_rebuild`).
+
+Inside: `_definition` (the two kinds, `handles`, `resolve_projection`), `_engine` (applying
+events to rows; batches of whole streams for ``esworkbench.fold.batches``), `_rebuild`
+(chunks, checkpoints, timings, the estimate).
+
+Example:
+    >>> import esworkbench.projections as pj
+    >>> pj.resolve_projection("esworkbench.examples.bank.projections:AccountTotals").kind
+    'sql'
+"""
+
+from esworkbench.projections._definition import (
+    Event,
+    Partition,
+    Projection,
+    ProjectionSpec,
+    Row,
+    SqlProjection,
+    handles,
+    resolve_projection,
+)
+from esworkbench.projections._rebuild import (
+    DEFAULT_CHUNK_SIZE,
+    Estimate,
+    RebuildResult,
+    estimate_rebuild,
+    pin_window,
+    rebuild,
+)
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "Estimate",
+    "Event",
+    "Partition",
+    "Projection",
+    "ProjectionSpec",
+    "RebuildResult",
+    "Row",
+    "SqlProjection",
+    "estimate_rebuild",
+    "handles",
+    "pin_window",
+    "rebuild",
+    "resolve_projection",
+]
