@@ -4,11 +4,13 @@ A projection builds a read model (one row per key) from events: a Python class w
 per event type (`Projection`), or one query over the lake (`SqlProjection`), named by import
 path like aggregates. This stage rebuilds read models from the lake into their own DuckDB
 schema (``rm_<name>_v<version>``) in resumable chunks with progress, an ETA and timings
-(`rebuild`, `estimate_rebuild`).
+(`rebuild`, `estimate_rebuild`), compares two versions over one pinned window (`compare`), and
+traces each difference to the first event where the versions diverge (`divergences`).
 
 Inside: `_definition` (the two kinds, `handles`, `resolve_projection`), `_engine` (applying
 events to rows; batches of whole streams for ``esworkbench.fold.batches``), `_rebuild`
-(chunks, checkpoints, timings, the estimate).
+(chunks, checkpoints, timings, the estimate), `_diff` (blue/green: two versions over one
+window, diffed by key), `_bisect` (the first event after which two versions differ, per key).
 
 Example:
     >>> import esworkbench.projections as pj
@@ -16,6 +18,7 @@ Example:
     'sql'
 """
 
+from esworkbench.projections._bisect import DIVERGENCE_KIND, Divergences, divergences
 from esworkbench.projections._definition import (
     Event,
     Partition,
@@ -26,6 +29,7 @@ from esworkbench.projections._definition import (
     handles,
     resolve_projection,
 )
+from esworkbench.projections._diff import Comparison, ReadModelDiff, compare, diff_read_models
 from esworkbench.projections._rebuild import (
     DEFAULT_CHUNK_SIZE,
     Estimate,
@@ -37,14 +41,21 @@ from esworkbench.projections._rebuild import (
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "DIVERGENCE_KIND",
+    "Comparison",
+    "Divergences",
     "Estimate",
     "Event",
     "Partition",
     "Projection",
     "ProjectionSpec",
+    "ReadModelDiff",
     "RebuildResult",
     "Row",
     "SqlProjection",
+    "compare",
+    "diff_read_models",
+    "divergences",
     "estimate_rebuild",
     "handles",
     "pin_window",
