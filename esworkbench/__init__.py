@@ -33,6 +33,15 @@ from esworkbench.examples.bank.seed import SeedResult, seed_esdb
 from esworkbench.filters import EventFilter
 from esworkbench.fold import Replay, replay, state_as_of
 from esworkbench.lake import Lake, LakeSummary, SyncResult, sync
+from esworkbench.projections import (
+    Projection,
+    RebuildResult,
+    SqlProjection,
+    compare,
+    divergences,
+    follow_lag,
+    rebuild,
+)
 from esworkbench.reports import ReportResult, VerifyResult, run_report, verify_manifest
 from esworkbench.sources import EventSource, open_source
 
@@ -54,6 +63,8 @@ __all__ = [
     "LakeError",
     "LakeSummary",
     "Ledger",
+    "Projection",
+    "RebuildResult",
     "Replay",
     "ReportError",
     "ReportResult",
@@ -61,12 +72,17 @@ __all__ = [
     "SeedResult",
     "Settings",
     "SourceError",
+    "SqlProjection",
     "SyncResult",
     "VerifyResult",
     "bank_balances",
+    "compare",
+    "divergences",
+    "follow_lag",
     "generate",
     "mask_uri",
     "open_source",
+    "rebuild",
     "replay",
     "run_demo",
     "run_report",

@@ -36,6 +36,7 @@ __all__ = [
     "bank_total",
     "enable_renderer",
     "plot_frame",
+    "projection_lag",
 ]
 
 DEFAULT_MAX_POINTS = 5_000
@@ -424,3 +425,44 @@ def _title(title: str, note: str | None) -> Any:
     import altair as alt
 
     return alt.TitleParams(title, subtitle=[note]) if note else title
+
+
+def projection_lag(
+    samples: pl.DataFrame | pd.DataFrame,
+    *,
+    time: str = "at",
+    measures: tuple[str, ...] = ("events_behind", "positions_behind", "seconds_behind"),
+    title: str = "Projection lag",
+    max_points: int = DEFAULT_MAX_POINTS,
+) -> alt.VConcatChart:
+    """A live projection's lag over time: one line chart per measure, stacked, shared time axis.
+
+    Example:
+        >>> from datetime import datetime, UTC
+        >>> s = pl.DataFrame({"at": [datetime(2024, 1, 1, tzinfo=UTC)], "events_behind": [3],
+        ...                   "positions_behind": [90], "seconds_behind": [0.5]})
+        >>> len(projection_lag(s).to_dict()["vconcat"])
+        3
+    """
+    import altair as alt
+
+    df = _to_polars(samples)
+    present = [m for m in measures if m in df.columns]
+    _require(df, [time, *present[:1]], "projection_lag")
+    _check_size(df, max_points, "projection_lag", "sample less often")
+    data = plot_frame(df, [time, *present])
+    charts = [
+        alt.Chart(_inline(data))
+        .mark_line(interpolate="step-after", point=True)
+        .encode(
+            x=alt.X(f"{time}:T", title="sampled at (UTC)", scale=alt.Scale(type="utc")),
+            y=alt.Y(f"{m}:Q", title=m.replace("_", " ")),
+            tooltip=[
+                alt.Tooltip(f"{time}:T", format="%H:%M:%S.%L", formatType="utc"),
+                alt.Tooltip(f"{m}:Q"),
+            ],
+        )
+        .properties(width=760, height=120)
+        for m in present
+    ]
+    return alt.vconcat(*charts).properties(title=title)

@@ -27,7 +27,7 @@ import dataclasses
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
@@ -37,8 +37,9 @@ from esworkbench.errors import ConfigError
 from esworkbench.filters import EventFilter
 from esworkbench.projections import _engine as engine
 from esworkbench.projections._definition import ProjectionLike, Row, resolve_projection
-from esworkbench.sources.esdb import EsdbSource
-from esworkbench.sources.persistent import read_subscription_info
+
+if TYPE_CHECKING:
+    from esworkbench.sources.esdb import EsdbSource
 
 __all__ = ["LagReport", "follow_lag"]
 
@@ -120,6 +121,9 @@ def follow_lag(
     spec = resolve_projection(projection)
     if duration <= 0 or interval <= 0 or stall_after <= 0:
         raise ConfigError("duration, interval and stall_after must be positive seconds")
+    # Imported here: the EventStoreDB client and gRPC stay out of `import esworkbench`.
+    from esworkbench.sources.esdb import EsdbSource
+
     instance = spec.python()
     types = EventFilter.of(event_types=list(spec.event_types()))
     source = EsdbSource(uri, filter=types, follow=True)
@@ -228,6 +232,8 @@ def _sample(
             "events_processed": run.processed,
         }
     if group is not None:
+        from esworkbench.sources.persistent import read_subscription_info
+
         info = read_subscription_info(uri, group, stream=group_stream)
         sample.update(
             group_checkpoint=info.last_checkpointed_position,
@@ -239,6 +245,8 @@ def _sample(
 
 def _unprocessed(uri: str, types: EventFilter, after: int | None) -> list[tuple[int, datetime]]:
     """The events of the projection's types the run did not get to (read once, at the end)."""
+    from esworkbench.sources.esdb import EsdbSource
+
     source = EsdbSource(uri, filter=types)
     try:
         out: list[tuple[int, datetime]] = []
