@@ -2,8 +2,9 @@
 
 Pull events into a DuckDB event lake exactly once (``sync``, ``Lake``), read them as Polars,
 pandas or Arrow (``Lake.read_events`` and friends), replay them through production aggregates
-(``replay``, ``state_as_of``), and render parameterized notebooks into offline HTML reports
-with manifests (``run_report``, ``verify_manifest``).
+(``replay``, ``state_as_of``), hold history to rules (``check``), rebuild and compare read
+models (``rebuild``, ``compare``, ``divergences``), and render parameterized notebooks into
+offline HTML reports with manifests (``run_report``, ``verify_manifest``).
 
 Example:
     >>> import esworkbench as ew
@@ -13,12 +14,14 @@ Example:
 """
 
 from esworkbench.aggregates import AggregateRoot, DomainEvent, EventStoreRepository, Repository
+from esworkbench.anomalies import Findings, check
 from esworkbench.config import Settings, mask_uri
 from esworkbench.demo import DemoResult, run_demo
 from esworkbench.errors import (
     ConcurrencyError,
     ConfigError,
     DomainRuleError,
+    DomainRuleErrors,
     EsWorkbenchError,
     FoldError,
     HistoryError,
@@ -33,6 +36,15 @@ from esworkbench.examples.bank.seed import SeedResult, seed_esdb
 from esworkbench.filters import EventFilter
 from esworkbench.fold import Replay, replay, state_as_of
 from esworkbench.lake import Lake, LakeSummary, SyncResult, sync
+from esworkbench.projections import (
+    Projection,
+    RebuildResult,
+    SqlProjection,
+    compare,
+    divergences,
+    follow_lag,
+    rebuild,
+)
 from esworkbench.reports import ReportResult, VerifyResult, run_report, verify_manifest
 from esworkbench.sources import EventSource, open_source
 
@@ -43,17 +55,21 @@ __all__ = [
     "DemoResult",
     "DomainEvent",
     "DomainRuleError",
+    "DomainRuleErrors",
     "EsWorkbenchError",
     "EventFilter",
     "EventRegistry",
     "EventSource",
     "EventStoreRepository",
+    "Findings",
     "FoldError",
     "HistoryError",
     "Lake",
     "LakeError",
     "LakeSummary",
     "Ledger",
+    "Projection",
+    "RebuildResult",
     "Replay",
     "ReportError",
     "ReportResult",
@@ -61,12 +77,18 @@ __all__ = [
     "SeedResult",
     "Settings",
     "SourceError",
+    "SqlProjection",
     "SyncResult",
     "VerifyResult",
     "bank_balances",
+    "check",
+    "compare",
+    "divergences",
+    "follow_lag",
     "generate",
     "mask_uri",
     "open_source",
+    "rebuild",
     "replay",
     "run_demo",
     "run_report",

@@ -35,7 +35,9 @@ __all__ = [
     "balance_timeline",
     "bank_total",
     "enable_renderer",
+    "findings_over_time",
     "plot_frame",
+    "projection_lag",
 ]
 
 DEFAULT_MAX_POINTS = 5_000
@@ -362,6 +364,53 @@ def bank_total(
     return alt.LayerChart(layer=[line, points]).properties(width=760, height=240, title=title)
 
 
+def findings_over_time(
+    over_time: pl.DataFrame | pd.DataFrame,
+    *,
+    time: str = "period_start",
+    kind: str = "kind",
+    value: str = "findings",
+    title: str = "Findings over business time",
+) -> alt.Chart:
+    """Findings per period, stacked by kind (one colour per kind).
+
+    Args:
+        over_time: One row per period and kind: `time`, `kind`, `value`.
+        time: The period start column.
+        kind: The finding kind column.
+        value: The count column.
+        title: Chart title.
+
+    Example:
+        >>> from datetime import datetime, UTC
+        >>> f = pl.DataFrame({"period_start": [datetime(2024, 1, 1, tzinfo=UTC)],
+        ...                   "kind": ["overdraft"], "findings": [2]})
+        >>> findings_over_time(f).to_dict()["mark"]["type"]
+        'bar'
+    """
+    import altair as alt
+
+    df = _to_polars(over_time)
+    _require(df, [time, kind, value], "findings_over_time")
+    data = plot_frame(df, [time, kind, value])
+    chart: alt.Chart = (
+        alt.Chart(_inline(data))
+        .mark_bar()
+        .encode(
+            x=alt.X(f"{time}:T", title="period (business time, UTC)", scale=alt.Scale(type="utc")),
+            y=alt.Y(f"{value}:Q", title="findings", stack="zero"),
+            color=alt.Color(f"{kind}:N", title="kind"),
+            tooltip=[
+                alt.Tooltip(f"{time}:T", title="period", format=_TIME_FORMAT, formatType="utc"),
+                alt.Tooltip(f"{kind}:N"),
+                alt.Tooltip(f"{value}:Q"),
+            ],
+        )
+        .properties(width=760, height=240, title=title)
+    )
+    return chart
+
+
 def _inline(data: pl.DataFrame) -> alt.InlineData:
     # Inline values, not a DataFrame: altair's own row limit (5,000, raised at display time)
     # would otherwise override `max_points`; altair still stores them once per chart.
@@ -434,3 +483,44 @@ def _title(title: str, note: str | None) -> Any:
     import altair as alt
 
     return alt.TitleParams(title, subtitle=[note]) if note else title
+
+
+def projection_lag(
+    samples: pl.DataFrame | pd.DataFrame,
+    *,
+    time: str = "at",
+    measures: tuple[str, ...] = ("events_behind", "positions_behind", "seconds_behind"),
+    title: str = "Projection lag",
+    max_points: int = DEFAULT_MAX_POINTS,
+) -> alt.VConcatChart:
+    """A live projection's lag over time: one line chart per measure, stacked, shared time axis.
+
+    Example:
+        >>> from datetime import datetime, UTC
+        >>> s = pl.DataFrame({"at": [datetime(2024, 1, 1, tzinfo=UTC)], "events_behind": [3],
+        ...                   "positions_behind": [90], "seconds_behind": [0.5]})
+        >>> len(projection_lag(s).to_dict()["vconcat"])
+        3
+    """
+    import altair as alt
+
+    df = _to_polars(samples)
+    present = [m for m in measures if m in df.columns]
+    _require(df, [time, *present[:1]], "projection_lag")
+    _check_size(df, max_points, "projection_lag", "sample less often")
+    data = plot_frame(df, [time, *present])
+    charts = [
+        alt.Chart(_inline(data))
+        .mark_line(interpolate="step-after", point=True)
+        .encode(
+            x=alt.X(f"{time}:T", title="sampled at (UTC)", scale=alt.Scale(type="utc")),
+            y=alt.Y(f"{m}:Q", title=m.replace("_", " ")),
+            tooltip=[
+                alt.Tooltip(f"{time}:T", format="%H:%M:%S.%L", formatType="utc"),
+                alt.Tooltip(f"{m}:Q"),
+            ],
+        )
+        .properties(width=760, height=120)
+        for m in present
+    ]
+    return alt.vconcat(*charts).properties(title=title)

@@ -51,8 +51,8 @@ def _clean_errors(fn: F) -> F:
 def main() -> None:
     """esworkbench: pull EventStoreDB history into a DuckDB lake, replay it, report on it.
 
-    Stages, in data-flow order: devserver, seed, sync, export, fold, report, verify; demo runs
-    them end to end on the sample ledger.
+    Stages, in data-flow order: devserver, seed, sync, export, fold, rebuild, report, verify;
+    demo runs them end to end on the sample ledger.
     """
 
 
@@ -194,6 +194,72 @@ def report(
         no_input=no_input,
     )
     click.echo(str(result))
+
+
+@main.command()
+@_lake_option("The lake to rebuild from (the read model is written into it).", exists=True)
+@click.option("--projection", required=True, help="The projection, as module:Class.")
+@click.option(
+    "--compare", "compare_with", default=None, help="Diff against this one (module:Class)."
+)
+@click.option("--first-position", type=click.IntRange(min=0), default=None)
+@click.option("--last-position", type=click.IntRange(min=0), default=None)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--estimate", is_flag=True, help="Estimate the time from a sampled prefix first.")
+@click.option("--restart", is_flag=True, help="Start again instead of resuming a checkpoint.")
+@_clean_errors
+def rebuild(
+    lake: Path,
+    projection: str,
+    compare_with: str | None,
+    first_position: int | None,
+    last_position: int | None,
+    workers: int,
+    estimate: bool,
+    restart: bool,
+) -> None:
+    """Rebuild a projection's read model from the lake (resumable); --compare diffs two."""
+    from esworkbench.projections import compare, divergences, rebuild
+
+    if compare_with is None:
+        result = rebuild(
+            lake,
+            projection,
+            first_position=first_position,
+            last_position=last_position,
+            workers=workers,
+            resume=not restart,
+            estimate=estimate,
+            progress=True,
+        )
+        click.echo(str(result))
+        return
+    comparison = compare(
+        lake,
+        projection,
+        compare_with,
+        first_position=first_position,
+        last_position=last_position,
+        workers=workers,
+        progress=True,
+    )
+    click.echo(str(comparison.a))
+    click.echo(str(comparison.b))
+    click.echo(comparison.describe())
+    found = divergences(
+        lake,
+        projection,
+        compare_with,
+        keys=comparison.diff.keys,
+        first_position=comparison.a.first_position,
+        last_position=comparison.a.last_position,
+    )
+    for row in found.table.iter_rows(named=True):
+        click.echo(
+            f"  key {row['key']}: differs from position {row['commit_position']} "
+            f"({row['event_type']} {row['stream_name']}@{row['stream_revision']}) in "
+            f"{', '.join(row['columns'])}"
+        )
 
 
 @main.command()

@@ -90,6 +90,8 @@ SEVERITY_BY_KIND: Mapping[str, Severity] = {
     "transfer_amount_mismatch": "error",
     "amount_outlier": "warning",
     "negative_balance_without_facility": "error",
+    "projection_divergence": "warning",
+    "projection_error": "error",
 }
 
 

@@ -180,3 +180,37 @@ def test_sync_from_unreachable_server_masks_the_password(tmp_path: Path) -> None
     assert result.exit_code == 1
     assert "s3cret" not in result.output
     assert "admin:***@127.0.0.1" in result.output
+
+
+def test_rebuild_and_compare_from_the_command_line(tmp_path: Path) -> None:
+    from esworkbench.examples.bank.sample import generate, write_archive
+    from esworkbench.lake import Lake, sync
+    from esworkbench.sources.files import open_archive
+
+    archive, _ = write_archive(generate(users=12, seed=5, days=20), tmp_path / "l.jsonl")
+    lake = tmp_path / "lake.duckdb"
+    with Lake(lake) as opened:
+        sync(open_archive(archive), opened)
+    bank = "esworkbench.examples.bank.projections:"
+    runner = CliRunner()
+    done = runner.invoke(
+        main, ["rebuild", "--lake", str(lake), "--projection", bank + "AccountSummaryV1"]
+    )
+    assert done.exit_code == 0, done.output
+    assert "rebuilt rm_account_summary_v1" in done.output
+    compared = runner.invoke(
+        main,
+        [
+            "rebuild",
+            "--lake",
+            str(lake),
+            "--projection",
+            bank + "AccountSummaryV1",
+            "--compare",
+            bank + "AccountSummaryV2",
+        ],
+    )
+    assert compared.exit_code == 0, compared.output
+    assert "changed" in compared.output
+    bad = runner.invoke(main, ["rebuild", "--lake", str(lake), "--projection", "nope"])
+    assert bad.exit_code == 1 and "import path" in bad.output

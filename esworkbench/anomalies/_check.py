@@ -19,7 +19,7 @@ from esworkbench.findings import (
     Severity,
     severity_of,
 )
-from esworkbench.fold import AggregateSpec, resolve_aggregate
+from esworkbench.fold import AggregateSpec, Replay, resolve_aggregate
 from esworkbench.lake import opened
 
 if TYPE_CHECKING:
@@ -50,12 +50,15 @@ class Findings:
         rules: the rules that ran, in order (for the report's explanations).
         events_checked: events (kept or rejected) in the scope checked.
         seconds: wall time per rule.
+        replay: the replay the rules shared, when one ran (its timeline has the state after
+            every event, for drilling into a finding).
     """
 
     frame: pl.DataFrame
     rules: tuple[Rule, ...]
     events_checked: int
     seconds: dict[str, float]
+    replay: Replay | None = None
 
     def counts(self) -> pl.DataFrame:
         """Findings per kind and severity (most first)."""
@@ -173,7 +176,9 @@ def check(
         .sort("commit_position", maintain_order=True)
     )
     frame = frame.cast(dict(zip(frame.columns, _polars_types(), strict=True)))
-    return Findings(frame, tuple(chosen), envelope.height, seconds)
+    # The replay is computed only when a rule asked for it (a cached property of the context).
+    shared = ctx.__dict__.get("replay")
+    return Findings(frame, tuple(chosen), envelope.height, seconds, shared)
 
 
 def _tidy(rule: Rule, found: pl.DataFrame) -> pl.DataFrame:

@@ -12,7 +12,8 @@ stream of Arrow batches; every one takes the same filters (`EventFilter`). Writi
 Inside: `_lake` (the `Lake` reader), `_writer` (run bookkeeping, batch + checkpoint
 transactions), `_sync` (the producer/consumer sync loop and its progress), `_ingest` (schema,
 decoding a raw batch into `events` / `_rejected`), `_views` (typed views), `_export` (filter
-SQL, Parquet and archive export).
+SQL, Parquet and archive export), `_readmodels` (projections' read models, rows + checkpoint
+per transaction).
 
 Example:
     >>> from esworkbench.lake import Lake, sync
@@ -25,6 +26,7 @@ Example:
 
 from esworkbench.filters import EventFilter
 from esworkbench.lake._lake import Lake, LakeSummary, opened
+from esworkbench.lake._readmodels import ReadModelCheckpoint, ReadModelStore, read_model_schema
 from esworkbench.lake._sync import (
     DEFAULT_BATCH_SIZE,
     SyncInterrupted,
@@ -41,10 +43,13 @@ __all__ = [
     "Lake",
     "LakeSummary",
     "LakeWriter",
+    "ReadModelCheckpoint",
+    "ReadModelStore",
     "SyncInterrupted",
     "SyncProgress",
     "SyncResult",
     "TqdmProgress",
     "opened",
+    "read_model_schema",
     "sync",
 ]

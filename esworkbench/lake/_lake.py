@@ -24,6 +24,7 @@ from esworkbench.events import ENVELOPE_SCHEMA, OCCURRED_AT_KEY
 from esworkbench.filters import EventFilter
 from esworkbench.lake import _export, _ingest, _views
 from esworkbench.lake._ingest import q, rows
+from esworkbench.lake._readmodels import ReadModelStore, read_model_schemas
 from esworkbench.lake._writer import LakeWriter, read_checkpoint
 
 if TYPE_CHECKING:
@@ -148,6 +149,21 @@ class Lake:
                 "read_only=False to sync into it"
             )
         return LakeWriter(self._con, self._fields, batch_size=batch_size)
+
+    def read_model(self, name: str, version: int) -> ReadModelStore:
+        """The read model ``rm_<name>_v<version>`` of a projection (it may not exist yet).
+
+        Rebuilding writes into it, so the lake must be open for writing; reading works either
+        way (see `esworkbench.lake._readmodels`).
+
+        Example:
+            >>> lake.read_model("account_summary", 1).read()              # doctest: +SKIP
+        """
+        return ReadModelStore(self._con, name, version)
+
+    def read_model_schemas(self) -> list[str]:
+        """The read-model schemas (``rm_<name>_v<version>``) this lake holds."""
+        return read_model_schemas(self._con)
 
     # -- positions and bookkeeping --------------------------------------------------------
 

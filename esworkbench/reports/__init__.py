@@ -24,6 +24,7 @@ from esworkbench.reports._record import (
     resolve_masked_uri,
     setup_notebook,
     sync_first,
+    table,
 )
 from esworkbench.reports._runner import (
     NOTEBOOKS_DIR,
@@ -54,5 +55,6 @@ __all__ = [
     "run_report",
     "setup_notebook",
     "sync_first",
+    "table",
     "verify_manifest",
 ]

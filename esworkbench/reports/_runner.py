@@ -64,6 +64,8 @@ __all__ = [
 ]
 
 MANIFEST_VERSION = 1
+# A notebook parameter the runner fills with the report's own directory, when declared.
+REPORT_DIR_PARAMETER = "report_dir"
 # The report notebooks ship inside the package, so a plain `pip install` can run every report.
 NOTEBOOKS_DIR = Path(__file__).resolve().parent / "notebooks"
 _VERSIONED = (
@@ -208,6 +210,12 @@ def run_report(
     report = source_nb.stem
     injected, kernel_env, shown = _prepare_parameters(source_nb, lake, parameters or {})
     directory = _new_report_dir(Path(out_dir) / report)
+    if REPORT_DIR_PARAMETER in notebook_parameters(source_nb) and (
+        REPORT_DIR_PARAMETER not in injected
+    ):
+        # A notebook that exports files (the findings as CSV and Parquet) writes them here,
+        # beside its HTML, and the manifest pins them with the rest.
+        injected[REPORT_DIR_PARAMETER] = str(directory)
     executed, html_path = directory / f"{report}.ipynb", directory / f"{report}.html"
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -253,7 +261,11 @@ def run_report(
         **_read_summary(reads),
         "reads": [r.to_json() for r in reads],
         "no_input": no_input,
-        "files": {p.name: _sha256(p) for p in (executed, html_path) if p.exists()},
+        "files": {
+            p.relative_to(directory).as_posix(): _sha256(p)
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"
+        },
         "versions": _versions(),
         "timings": {
             "started_at": started.isoformat(timespec="seconds"),

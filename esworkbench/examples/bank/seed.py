@@ -101,7 +101,7 @@ def write_esdb(ledger: Ledger, uri: str, *, progress: bool = False) -> SeedResul
         written=written,
         appends=appends,
         streams=len(set(ledger.stream_name)),
-        anomalies=len(ledger.truth),
+        anomalies=sum(ledger.counts().values()),
         last_commit_position=position,
         seconds=time.perf_counter() - began,
     )
