@@ -51,8 +51,8 @@ def _clean_errors(fn: F) -> F:
 def main() -> None:
     """esworkbench: pull EventStoreDB history into a DuckDB lake, replay it, report on it.
 
-    Stages, in data-flow order: devserver, seed, sync, export, fold, rebuild, report, verify;
-    demo runs them end to end on the sample ledger.
+    Stages, in data-flow order: devserver, seed, sync, export, fold, check, rebuild, report,
+    verify; demo runs them end to end on the sample ledger.
     """
 
 
@@ -500,3 +500,89 @@ def export(lake: Path, out: Path, partitioned: bool, **filters: Any) -> None:
         else:
             written = opened.export_archive(out, **options)
     click.echo(f"wrote {written}")
+
+
+# Exit status of `check` when findings at or above --fail-on exist (1 is an error, 2 a usage
+# error): a pipeline can tell "the history breaks its rules" from "the check could not run".
+CHECK_FAILED = 3
+
+
+@main.command()
+@_lake_option("The lake to check.", exists=True)
+@click.option(
+    "--rules",
+    "rule_specs",
+    multiple=True,
+    help="Rules by import path, package.module:Name (repeatable). Default: the generic rules, "
+    "and replay with --aggregate.",
+)
+@click.option("--aggregate", default=None, help="The production aggregate to replay, module:Class.")
+@click.option(
+    "--since-manifest",
+    "since",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="A previous anomaly report (its directory or manifest.json), or a findings .parquet: "
+    "say what is new, persisting and gone.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the findings here (.parquet, or .csv).",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["info", "warning", "error", "never"]),
+    default="error",
+    show_default=True,
+    help=f"Exit {CHECK_FAILED} when a finding of this severity or worse exists.",
+)
+@_filter_options
+@_clean_errors
+def check(
+    lake: Path,
+    rule_specs: tuple[str, ...],
+    aggregate: str | None,
+    since: Path | None,
+    out: Path | None,
+    fail_on: str,
+    **filters: Any,
+) -> None:
+    """Hold the lake's history to rules: counts of findings per kind, exit 3 on failures."""
+    from esworkbench.anomalies import check as run_check
+    from esworkbench.reports.anomaly_report import previous_findings
+
+    found = run_check(lake, list(rule_specs) or None, aggregate=aggregate, **_given(filters))
+    frame = found.frame
+    click.echo(
+        f"checked {found.events_checked:,} events with {len(found.rules)} rules: "
+        f"{frame.height:,} findings"
+    )
+    counts = found.counts()
+    if since is not None:
+        changes = found.since(previous_findings(since))
+        status = changes.group_by("kind", "status").len()
+        for kind, severity, n, _streams in counts.iter_rows():
+            per = {s: c for k, s, c in status.iter_rows() if k == kind}
+            click.echo(
+                f"  {kind} ({severity}): {n:,} ({per.get('new', 0):,} new, "
+                f"{per.get('persisting', 0):,} persisting)"
+            )
+        gone = changes.filter(changes["status"] == "gone").height
+        click.echo(f"  gone since the previous run: {gone:,}")
+    else:
+        for kind, severity, n, _streams in counts.iter_rows():
+            click.echo(f"  {kind} ({severity}): {n:,}")
+    if out is not None:
+        if out.suffix == ".csv":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            frame.write_csv(out)
+        else:
+            found.write_parquet(out)
+        click.echo(f"wrote {out}")
+    if fail_on != "never":
+        failing = found.at_or_above(fail_on)  # type: ignore[arg-type]
+        if failing.height:
+            click.echo(f"{failing.height:,} finding(s) at or above {fail_on}", err=True)
+            raise SystemExit(CHECK_FAILED)

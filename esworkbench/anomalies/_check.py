@@ -31,14 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["Findings", "check"]
 
 _KEY = ("rule", "kind", "event_id")
-_ENVELOPE = (
-    "stream_name",
-    "stream_revision",
-    "commit_position",
-    "event_id",
-    "event_type",
-    "occurred_at",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +153,7 @@ def check(
         raise ConfigError(f"rules need distinct, non-empty names; got {names}")
     with opened(lake) as lake_:
         ctx = CheckContext(lake_, filters, cls)
-        envelope = ctx.events.select(_ENVELOPE).unique("event_id", keep="first")
+        envelope = ctx.envelope
         found: list[pl.DataFrame] = []
         seconds: dict[str, float] = {}
         for rule in chosen:

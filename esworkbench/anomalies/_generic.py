@@ -77,22 +77,22 @@ class DuplicatePayload(SqlRule):
     )
 
     def sql(self) -> str:
-        """Number the copies of each (stream, type, payload)."""
+        """Group by (stream, type, payload hash); only groups of two or more are joined back."""
         return """
-        SELECT event_id,
-               printf('same %s payload as event %s (revision %d) of this stream', event_type,
-                      first_id, first_revision) AS message,
-               json_object('original_event_id', first_id, 'original_revision', first_revision)
-                   AS evidence
-        FROM (
-            SELECT event_id::VARCHAR AS event_id, event_type,
-                   row_number() OVER w AS copy,
-                   first_value(event_id::VARCHAR) OVER w AS first_id,
-                   first_value(stream_revision) OVER w AS first_revision
-            FROM events
-            WINDOW w AS (PARTITION BY stream_name, event_type, md5(data) ORDER BY commit_position)
+        WITH copies AS (
+            SELECT stream_name, event_type, md5_number(data) AS h,
+                   min(commit_position) AS first_at
+            FROM events GROUP BY ALL HAVING count(*) > 1
         )
-        WHERE copy > 1
+        SELECT e.event_id::VARCHAR AS event_id,
+               printf('same %s payload as event %s (revision %d) of this stream', e.event_type,
+                      o.event_id::VARCHAR, o.stream_revision) AS message,
+               json_object('original_event_id', o.event_id::VARCHAR,
+                           'original_revision', o.stream_revision) AS evidence
+        FROM copies c
+        JOIN events e ON e.stream_name = c.stream_name AND e.event_type = c.event_type
+         AND md5_number(e.data) = c.h AND e.commit_position > c.first_at
+        JOIN events o ON o.commit_position = c.first_at AND o.stream_name = c.stream_name
         """
 
 
@@ -160,7 +160,7 @@ class UnknownEventType(Rule):
             return pl.DataFrame({"event_id": []}, schema={"event_id": pl.String})
         known = list(ctx.aggregate.registry.event_types)
         return (
-            ctx.events.filter(~pl.col("event_type").is_in(known))
+            ctx.envelope.filter(~pl.col("event_type").is_in(known))
             .filter(~pl.col("event_type").str.starts_with("$"))
             .select(
                 "event_id",
@@ -183,31 +183,48 @@ class SchemaDrift(SqlRule):
     def sql(self) -> str:
         """Per (type, part, field): the span of each state, and the states that cut cleanly.
 
-        A field's state in an event is its JSON type there, or ABSENT. A state is a drift
-        when every state seen before its first event ended before it (never comes back).
+        A field's state in an event is its JSON type there (object, array, string, number,
+        boolean, null) or absent. Events are grouped by shape first (`json_structure`: one
+        parse per event, a handful of shapes per type), so the per-field work is on shapes. A
+        state is a drift when every state seen before its first event ended before it.
         """
         return """
         WITH docs AS (
-            SELECT event_type, 'payload' AS part, commit_position,
-                   event_id::VARCHAR AS event_id, data::JSON AS doc
+            SELECT event_type, 'payload' AS part, commit_position, event_id, data AS doc
             FROM events
             UNION ALL
-            SELECT event_type, 'metadata', commit_position, event_id::VARCHAR, metadata::JSON
+            SELECT event_type, 'metadata', commit_position, event_id, metadata
             FROM events WHERE metadata IS NOT NULL
         ),
+        shapes AS (
+            SELECT event_type, part, json_structure(doc) AS shape,
+                   min(commit_position) AS first_at, max(commit_position) AS last_at,
+                   arg_min(event_id, commit_position)::VARCHAR AS first_id
+            FROM docs GROUP BY ALL
+        ),
         fields AS (
-            SELECT DISTINCT event_type, part, unnest(json_keys(doc)) AS field
-            FROM docs WHERE json_type(doc) = 'OBJECT'
+            SELECT DISTINCT event_type, part, unnest(json_keys(shape)) AS field
+            FROM shapes WHERE json_type(shape) = 'OBJECT'
+        ),
+        typed AS (
+            SELECT s.*, f.field,
+                   json_extract(s.shape, '$."' || replace(f.field, '"', '\\"') || '"') AS t
+            FROM shapes s JOIN fields f ON s.event_type = f.event_type AND s.part = f.part
         ),
         states AS (
-            SELECT d.event_type, d.part, f.field, d.commit_position, d.event_id,
-                   coalesce(json_type(d.doc, '$."' || replace(f.field, '"', '\\"') || '"'),
-                            'ABSENT') AS state
-            FROM docs d JOIN fields f ON d.event_type = f.event_type AND d.part = f.part
+            SELECT event_type, part, field, first_at, last_at, first_id,
+                   CASE WHEN t IS NULL THEN 'absent'
+                        WHEN json_type(t) = 'OBJECT' THEN 'object'
+                        WHEN json_type(t) = 'ARRAY' THEN 'array'
+                        WHEN t::VARCHAR = '"VARCHAR"' THEN 'string'
+                        WHEN t::VARCHAR = '"BOOLEAN"' THEN 'boolean'
+                        WHEN t::VARCHAR = '"NULL"' THEN 'null'
+                        ELSE 'number' END AS state
+            FROM typed
         ),
         spans AS (
-            SELECT event_type, part, field, state, min(commit_position) AS first_at,
-                   max(commit_position) AS last_at, arg_min(event_id, commit_position) AS first_id
+            SELECT event_type, part, field, state, min(first_at) AS first_at,
+                   max(last_at) AS last_at, arg_min(first_id, first_at) AS first_id
             FROM states GROUP BY ALL
         ),
         ordered AS (
@@ -221,8 +238,8 @@ class SchemaDrift(SqlRule):
         -- one finding per event, naming every field that changed there
         SELECT first_id AS event_id,
                string_agg(printf('%s field %s %s', part, field,
-                                 CASE WHEN state = 'ABSENT' THEN 'is gone'
-                                      WHEN before = 'ABSENT' THEN 'appears (' || state || ')'
+                                 CASE WHEN state = 'absent' THEN 'is gone'
+                                      WHEN before = 'absent' THEN 'appears (' || state || ')'
                                       ELSE 'turns ' || state || ' (was ' || before || ')' END),
                           '; ' ORDER BY part DESC, field) || ' from this event on' AS message,
                to_json(list({'part': part, 'field': field, 'before': before, 'after': state}
@@ -248,24 +265,40 @@ class MetadataMissingField(SqlRule):
     )
 
     def sql(self) -> str:
-        """For each (type, key), the events inside the key's span that lack it."""
+        """For each (type, key), the events inside the key's span that lack it.
+
+        Key sets are grouped first (a handful per type); events are only looked at for the
+        (type, key) pairs where some key set without the key falls inside the key's span.
+        """
         return f"""
-        WITH meta AS (
+        WITH meta AS MATERIALIZED (
             SELECT event_type, commit_position, event_id::VARCHAR AS event_id,
-                   json_keys(metadata::JSON) AS keys
-            FROM events
+                   json_keys(metadata) AS keys
+            FROM events WHERE json_type(metadata) = 'OBJECT'
+        ),
+        key_sets AS (
+            SELECT event_type, keys, min(commit_position) AS first_at,
+                   max(commit_position) AS last_at
+            FROM meta GROUP BY ALL
         ),
         spans AS (
-            SELECT event_type, key, min(commit_position) AS first_at,
-                   max(commit_position) AS last_at, count(*) AS carried
-            FROM (SELECT event_type, commit_position, unnest(keys) AS key FROM meta)
+            SELECT event_type, key, min(first_at) AS first_at, max(last_at) AS last_at
+            FROM (SELECT event_type, unnest(keys) AS key, first_at, last_at FROM key_sets)
             GROUP BY ALL
         ),
+        candidates AS (
+            SELECT DISTINCT s.event_type, s.key, s.first_at, s.last_at
+            FROM spans s JOIN key_sets k ON k.event_type = s.event_type
+             AND NOT list_contains(k.keys, s.key)
+             AND k.last_at >= s.first_at AND k.first_at <= s.last_at
+        ),
         inside AS (
-            SELECT s.event_type, s.key, m.event_id, list_contains(m.keys, s.key) AS has,
-                   count(*) OVER (PARTITION BY s.event_type, s.key) AS n, s.carried
-            FROM spans s JOIN meta m ON m.event_type = s.event_type
-             AND m.commit_position BETWEEN s.first_at AND s.last_at
+            SELECT c.event_type, c.key, m.event_id, list_contains(m.keys, c.key) AS has,
+                   count(*) OVER (PARTITION BY c.event_type, c.key) AS n,
+                   count(*) FILTER (WHERE list_contains(m.keys, c.key))
+                       OVER (PARTITION BY c.event_type, c.key) AS carried
+            FROM candidates c JOIN meta m ON m.event_type = c.event_type
+             AND m.commit_position BETWEEN c.first_at AND c.last_at
         )
         SELECT event_id,
                printf('metadata has no %s, which %d of %d %s events around it carry', key,

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from esworkbench.lake import Lake
 
 __all__ = [
+    "ENVELOPE",
     "FOUND_COLUMNS",
     "CheckContext",
     "FunctionRule",
@@ -44,6 +45,15 @@ __all__ = [
     "resolve_rules",
 ]
 
+# Who a finding's event is: the columns the check takes from the event.
+ENVELOPE = (
+    "stream_name",
+    "stream_revision",
+    "commit_position",
+    "event_id",
+    "event_type",
+    "occurred_at",
+)
 # What a rule's find() returns: event_id is required, the rest optional.
 FOUND_COLUMNS = ("event_id", "kind", "message", "evidence", "error")
 
@@ -67,6 +77,17 @@ class CheckContext:
     def events(self) -> pl.DataFrame:
         """The events in scope, with the rejected ones (`rejected` = the lake's reason)."""
         return with_rejected(self.lake, self.lake.read_events(**self.filters), **self.filters)
+
+    @cached_property
+    def envelope(self) -> pl.DataFrame:
+        """Who each event in scope is (kept or rejected): ENVELOPE columns, no payloads."""
+        kept = self.lake.scan_events(**self.filters).select(ENVELOPE).collect()
+        rejected = self.lake.read_rejected(**self.filters)
+        if rejected.height:
+            kept = pl.concat(
+                [kept, rejected.select(ENVELOPE).cast(kept.schema)], how="vertical"
+            ).unique("event_id", keep="first", maintain_order=True)
+        return kept
 
     @cached_property
     def replay(self) -> Replay:
