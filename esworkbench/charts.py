@@ -63,11 +63,12 @@ _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 def plot_frame(
     frame: pl.DataFrame | pd.DataFrame, columns: list[str] | None = None
 ) -> pl.DataFrame:
-    """The frame as chart data: the chosen columns, Decimals as floats, times as UTC ISO text.
+    """The frame as chart data: the chosen columns, Decimals as floats, times as epoch millis.
 
     Casting happens only here, at the chart boundary: the analysis keeps exact Decimals. Times
-    become ISO 8601 text with a 'Z' (every browser parses it the same way), and unsigned 64-bit
-    positions become signed ones (JSON numbers; positions stay far below 2**53).
+    become milliseconds since the epoch (UTC): Vega formats numbers as dates wherever they
+    appear, where a date string that only a tooltip uses is never parsed and shows as NaN.
+    Unsigned 64-bit positions become signed ones (JSON numbers; positions stay far below 2**53).
 
     Example:
         >>> from decimal import Decimal
@@ -83,9 +84,7 @@ def plot_frame(
             casts.append(pl.col(name).cast(pl.Float64))
         elif isinstance(dtype, pl.Datetime):
             utc = pl.col(name) if dtype.time_zone else pl.col(name).dt.replace_time_zone("UTC")
-            casts.append(
-                utc.dt.convert_time_zone("UTC").dt.strftime("%Y-%m-%dT%H:%M:%S%.fZ").alias(name)
-            )
+            casts.append(utc.dt.epoch("ms").alias(name))
         elif dtype == pl.UInt64:
             casts.append(pl.col(name).cast(pl.Int64))
     return df.with_columns(casts) if casts else df
@@ -227,7 +226,9 @@ def balance_small_multiples(
     data = plot_frame(df, [series, time, value])
     chart = (
         alt.Chart(_inline(data))
-        .mark_line(interpolate="step-after")
+        # Points as well as the line: a stream with one event in the window has a point to
+        # show, where a line alone would leave its panel empty.
+        .mark_line(interpolate="step-after", point=alt.OverlayMarkDef(filled=True, size=12))
         .encode(
             x=alt.X(f"{time}:T", title=None, scale=alt.Scale(type="utc")),
             y=alt.Y(f"{value}:Q", title=None),
@@ -285,7 +286,11 @@ def balance_heatmap(
     _require(df, [series, start, end, value], "balance_heatmap")
     _check_size(df, max_points, "balance_heatmap", "resample to a coarser period")
     extra = ["events"] if "events" in df.columns else []
-    data = plot_frame(df, [series, start, end, value, *extra])
+    data = plot_frame(df, [series, start, end, value, *extra]).with_columns(
+        short_label(pl.col(series)).alias("_label")
+    )
+    if data["_label"].n_unique() < data[series].n_unique():  # two would share a label
+        data = data.with_columns(pl.col(series).alias("_label"))
     tooltips = [
         alt.Tooltip(f"{series}:N"),
         alt.Tooltip(f"{start}:T", title="from", format=_TIME_FORMAT, formatType="utc"),
@@ -299,9 +304,14 @@ def balance_heatmap(
         .encode(
             x=alt.X(f"{start}:T", title="period (UTC)", scale=alt.Scale(type="utc")),
             x2=alt.X2(f"{end}:T"),
-            y=alt.Y(f"{series}:N", title=None, sort=None),
+            # Short labels (category and the id's first characters), never cut mid-way.
+            y=alt.Y("_label:N", title=None, sort=None, axis=alt.Axis(labelLimit=0)),
+            # A symmetric log scale: a few large accounts would otherwise take the whole colour
+            # range and leave every other account one pale shade.
             color=alt.Color(
-                f"{value}:Q", title=value, scale=alt.Scale(scheme="redblue", domainMid=0)
+                f"{value}:Q",
+                title=value,
+                scale=alt.Scale(type="symlog", scheme="redblue", domainMid=0),
             ),
             tooltip=tooltips,
         )
@@ -409,6 +419,30 @@ def findings_over_time(
         .properties(width=760, height=240, title=title)
     )
     return chart
+
+
+def short_label(stream: pl.Expr, *, keep: int = 8) -> pl.Expr:
+    """A short, still distinct stream label: ``user-6ee9a1c2…`` for ``user-6ee9a1c2-7d1f-...``.
+
+    Example:
+        >>> pl.select(short_label(pl.lit("user-6ee9a1c2-7d1f-5a3e-9c7b-2f1e0a9b8c7d")))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        shape: (1, 1)
+        ┌────────────────┐
+        │ literal        │
+        │ ---            │
+        │ str            │
+        ╞════════════════╡
+        │ user-6ee9a1c2… │
+        └────────────────┘
+    """
+    head = stream.str.extract(r"^([^-]*-)?(.*)$", 1).fill_null("")
+    rest = stream.str.extract(r"^([^-]*-)?(.*)$", 2).fill_null("")
+    return (
+        pl.when(rest.str.len_chars() > keep + 1)
+        .then(head + rest.str.slice(0, keep) + pl.lit("…"))
+        .otherwise(stream)
+    )
 
 
 def _inline(data: pl.DataFrame) -> alt.InlineData:

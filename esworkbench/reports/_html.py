@@ -51,15 +51,46 @@ for (const box of document.querySelectorAll("div.esw-chart")) {
   const spec = JSON.parse(box.querySelector("script.esw-chart-spec").textContent);
   const target = document.createElement("div");
   box.appendChild(target);
-  vegaEmbed(target, spec, {renderer: "svg", actions: false}).then(() => {
+  vegaEmbed(target, spec, {renderer: "svg", actions: false}).then((result) => {
     box.querySelector(".esw-chart-static")?.remove();
+    audit(box, result.view.scenegraph().root);
     box.dataset.eswRendered = "true";
   }).catch((err) => { target.remove(); box.dataset.eswError = String(err); });
+}
+// What a reader would notice: a tooltip that reads NaN, a small-multiple panel with no marks.
+// The counts land on the chart's box, where a headless browser check reads them.
+function audit(box, root) {
+  let tooltips = 0, unreadable = 0, panels = 0, empty = 0;
+  const marks = (item) => (item.items || []).reduce((n, mark) =>
+    n + (mark.marktype === "group" ? (mark.items || []).reduce((m, g) => m + marks(g), 0)
+         : (mark.role === "mark" ? (mark.items || []).length : 0)), 0);
+  const walk = (node) => {
+    for (const item of node.items || []) {
+      if (item.tooltip != null) {
+        tooltips += 1;
+        if (/NaN|Invalid Date/.test(JSON.stringify(item.tooltip))) unreadable += 1;
+      }
+      if (node.marktype === "group" && (node.name === "cell" || node.role === "cell")) {
+        panels += 1;
+        if (marks(item) === 0) empty += 1;
+      }
+      walk(item);
+    }
+  };
+  walk(root);
+  Object.assign(box.dataset, {eswTooltips: tooltips, eswUnreadableTooltips: unreadable,
+                              eswPanels: panels, eswEmptyPanels: empty});
 }
 """
 
 
-def render_html(notebook: str | Path, html_path: str | Path, *, no_input: bool = False) -> Path:
+def render_html(
+    notebook: str | Path,
+    html_path: str | Path,
+    *,
+    no_input: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
     """Render an executed notebook as self-contained HTML that opens without any network.
 
     Charts (outputs carrying a Vega-Lite spec) become a static SVG plus an interactive
@@ -70,6 +101,9 @@ def render_html(notebook: str | Path, html_path: str | Path, *, no_input: bool =
         notebook: the executed notebook.
         html_path: where to write the HTML.
         no_input: hide code cells and prompts (for reviewers).
+        provenance: what the page was made from (parameters, source with credentials masked,
+            positions, digest, versions, notebook hash), shown as the page's last section with
+            a link to ``manifest.json`` beside it; shown with ``no_input`` too.
     """
     import nbformat
     from jinja2 import DictLoader
@@ -77,6 +111,8 @@ def render_html(notebook: str | Path, html_path: str | Path, *, no_input: bool =
 
     nb = nbformat.read(str(notebook), as_version=4)
     versions = _replace_chart_outputs(nb)
+    if provenance is not None:
+        nb.cells.append(nbformat.v4.new_markdown_cell(_provenance_markdown(provenance)))
     exporter = HTMLExporter(
         template_name="lab",
         extra_loaders=[DictLoader({_TEMPLATE_NAME: _TEMPLATE})],
@@ -99,6 +135,24 @@ def render_html(notebook: str | Path, html_path: str | Path, *, no_input: bool =
     out = Path(html_path)
     out.write_text(body, encoding="utf-8")
     return out
+
+
+def _provenance_markdown(provenance: Mapping[str, Any]) -> str:
+    """The provenance section: one table row per fact, values as compact JSON or text."""
+    lines = [
+        "## Provenance",
+        "",
+        "What this page was made from. The full record is [manifest.json](manifest.json), "
+        "beside this file; `esworkbench verify` checks the lake and the files against it.",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    for key, value in provenance.items():
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        cell = str(text).replace("|", "\\|")  # a pipe would end the table cell
+        lines.append(f"| **{key}** | `{cell}` |")
+    return "\n".join(lines)
 
 
 _URL_ATTRIBUTES = frozenset(

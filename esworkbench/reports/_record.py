@@ -118,7 +118,7 @@ def read_recorded(lake: Lake, **filters: Any) -> tuple[pl.DataFrame, ReadRecord]
     events = lake.read_events(**given)
     positions = events.get_column("commit_position")
     record = ReadRecord(
-        lake=str(lake.path.resolve()),
+        lake=str(lake.path),  # as given: a report names no absolute path it was not given
         filters=_encode_filters(given),
         event_count=events.height,
         first_position=None if events.is_empty() else int(positions.min()),  # type: ignore[arg-type]
@@ -204,12 +204,16 @@ _TABLE_SCRIPT = """
 """
 
 
-def table(frame: Any, *, page_size: int = 25, caption: str = "") -> Any:
+def table(
+    frame: Any, *, page_size: int = 25, caption: str = "", currency: str | None = None
+) -> Any:
     """A complete table for a report: every row and full text, searchable and paged offline.
 
     The rows are all in the page (a reviewer's browser search finds any of them); a search box
     filters them and the pager shows `page_size` at a time, with a few lines of inline script
-    and no network. Cells keep their full text.
+    and no network. Cells keep their full text, as people read them: money (Decimal columns)
+    with thousands separators, two decimals and `currency`, times in UTC to the second, lists
+    joined; never a dtype row or quotes around text.
 
     Example:
         >>> import polars as pl
@@ -226,9 +230,15 @@ def table(frame: Any, *, page_size: int = 25, caption: str = "") -> Any:
     data = frame if isinstance(frame, pl.DataFrame) else pl.DataFrame(frame)
     table_id = f"ewb-table-{uuid.uuid4().hex[:12]}"
     head = "".join(f"<th>{html_lib.escape(c)}</th>" for c in data.columns)
+    money = [isinstance(t, pl.Decimal) for t in data.schema.values()]
     body = "".join(
         "<tr>"
-        + "".join(f"<td>{'' if v is None else html_lib.escape(str(v))}</td>" for v in row)
+        + "".join(
+            ('<td class="ewb-money">' if m else "<td>")
+            + html_lib.escape(_cell(v, currency if m else None))
+            + "</td>"
+            for v, m in zip(row, money, strict=True)
+        )
         + "</tr>"
         for row in data.iter_rows()
     )
@@ -245,6 +255,23 @@ def table(frame: Any, *, page_size: int = 25, caption: str = "") -> Any:
         f"<tbody>{body}</tbody></table></div>"
     )
     return HTML(markup + _TABLE_SCRIPT % {"id": table_id, "size": page_size})
+
+
+def _cell(value: Any, currency: str | None) -> str:
+    """One table cell as a person reads it."""
+    from datetime import datetime
+    from decimal import Decimal
+
+    if value is None:
+        return ""
+    if isinstance(value, Decimal):
+        text = f"{value:,.2f}"
+        return f"{text} {currency}" if currency else text
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if value.tzinfo else "")
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 def sync_first(

@@ -235,15 +235,24 @@ def run_report(
     except Exception as e:  # kernel death, timeouts, bad notebooks: keep what exists, say so
         failure = {"stage": "execute", "ename": type(e).__name__, "evalue": mask_uri(str(e))}
     t1 = time.perf_counter()
+    nb_json = json.loads(executed.read_text()) if executed.exists() else {}
+    reads = reads_in_notebook(nb_json)
+    provenance = {
+        "report": report,
+        "notebook": {"path": _shown_path(source_nb), "sha256": _sha256(source_nb)},
+        "parameters": shown,
+        "source": _mask(injected.get("source")),
+        "lake": _lake_section(lake, reads),
+        **_read_summary(reads),
+        "versions": _versions(),
+    }
     html_problem = None
     if executed.exists():
         try:
-            render_html(executed, html_path, no_input=no_input)
+            render_html(executed, html_path, no_input=no_input, provenance=provenance)
         except ReportError as e:
             html_problem = str(e)
     t2 = time.perf_counter()
-    nb_json = json.loads(executed.read_text()) if executed.exists() else {}
-    reads = reads_in_notebook(nb_json)
     outcome: dict[str, Any] = {"status": "ok"}
     if failure is not None:
         outcome = {"status": "failed", **failure}
@@ -254,10 +263,10 @@ def run_report(
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "report": report,
-        "notebook": {"path": str(source_nb), "sha256": _sha256(source_nb)},
+        "notebook": provenance["notebook"],
         "parameters": shown,
         "source": _mask(injected.get("source")),
-        "lake": _lake_section(lake, reads),
+        "lake": provenance["lake"],
         **_read_summary(reads),
         "reads": [r.to_json() for r in reads],
         "no_input": no_input,
@@ -266,7 +275,7 @@ def run_report(
             for p in sorted(directory.rglob("*"))
             if p.is_file() and p.name != "manifest.json"
         },
-        "versions": _versions(),
+        "versions": provenance["versions"],
         "timings": {
             "started_at": started.isoformat(timespec="seconds"),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -449,7 +458,7 @@ def _prepare_parameters(
 ) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
     """(parameters to inject, environment for the kernel, parameters for the manifest)."""
     declared = notebook_parameters(notebook)
-    wanted = {"lake": str(Path(lake).resolve()), **given}
+    wanted = {"lake": str(lake), **given}
     unknown = sorted(set(wanted) - set(declared))
     if unknown:
         valid = "; ".join(
@@ -541,8 +550,17 @@ def _new_report_dir(parent: Path) -> Path:
     raise ReportError(f"cannot create a new report directory under {parent}")
 
 
+def _shown_path(notebook: Path) -> str:
+    """A notebook's path for the page: relative to the package or the working directory."""
+    for base in (Path(__file__).resolve().parents[2], Path.cwd()):
+        if notebook.is_relative_to(base):
+            return notebook.relative_to(base).as_posix()
+    return str(notebook)
+
+
 def _lake_section(lake: str | Path, reads: list[ReadRecord]) -> dict[str, Any]:
-    section: dict[str, Any] = {"path": str(Path(lake).resolve())}
+    # The path as the user gave it: a report carries no absolute local path it was not given.
+    section: dict[str, Any] = {"path": str(lake)}
     if reads:
         section["head_position"] = reads[-1].head_position
         section["checkpoints"] = reads[-1].checkpoints

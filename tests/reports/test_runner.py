@@ -148,6 +148,13 @@ def test_the_rendered_charts_show_in_headless_chromium(scene: Scene, tmp_path: P
     assert 'class="esw-chart-static"' not in dom
     assert len(re.findall(r'<svg[^>]*class="marks"', dom)) >= charts
     assert dom.count("<path") > 50
+    # What a reader sees: every tooltip reads (no NaN dates), no small-multiple panel is empty.
+    tooltips = [int(n) for n in re.findall(r'data-esw-tooltips="(\d+)"', dom)]
+    assert len(tooltips) == charts and all(n > 0 for n in tooltips)
+    assert re.findall(r'data-esw-unreadable-tooltips="(\d+)"', dom) == ["0"] * charts
+    assert re.findall(r'data-esw-empty-panels="(\d+)"', dom) == ["0"] * charts
+    panels = [int(n) for n in re.findall(r'data-esw-panels="(\d+)"', dom)]
+    assert max(panels) >= 2  # the small multiples were audited panel by panel
 
 
 def test_no_input_hides_the_code_for_reviewers(scene: Scene, tmp_path: Path) -> None:
@@ -269,7 +276,7 @@ def test_unknown_parameters_are_refused_with_the_valid_list(tmp_path: Path) -> N
     message = str(caught.value)
     assert "unknown parameter(s) ['colour', 'top']" in message
     assert (
-        "valid parameters: ['aggregate', 'lake', 'on_error', 'resample', 'since', "
+        "valid parameters: ['aggregate', 'currency', 'lake', 'on_error', 'resample', 'since', "
         "'source', 'stream_prefix', 'top_n', 'until', 'user_ids']"
     ) in message
     assert "top_n (default 10: chart the N accounts" in message
@@ -403,3 +410,29 @@ def _no_stray_files() -> Iterator[None]:
     yield
     after = set((ROOT / "reports").glob("*/*")) if (ROOT / "reports").exists() else set()
     assert after == before
+
+
+def test_the_page_shows_its_provenance_and_no_path_it_was_not_given(
+    scene: Scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(scene.lake, tmp_path / "lake.duckdb")
+    result = reports.run_report(
+        "balance_timeline",
+        lake="lake.duckdb",
+        parameters={"top_n": 3, "resample": "1w"},
+        out_dir="out",
+        no_input=True,
+        notebooks_dir=NOTEBOOKS,
+    )
+    html = result.html.read_text()
+    # Reviewers see where the page came from, with the code hidden ...
+    assert "report = balance_timeline.balance_report(" not in html
+    assert "Provenance" in html and 'href="manifest.json"' in html
+    assert result.manifest["digest"] in html and '"top_n": 3' in html
+    # ... and the page names paths as they were given, never this machine's absolute ones.
+    assert str(tmp_path) not in html
+    assert str(tmp_path) not in result.manifest_path.read_text()
+    assert result.manifest["lake"]["path"] == "lake.duckdb"
