@@ -1,0 +1,58 @@
+"""Report notebooks: run them with papermill, render offline HTML, pin what they read.
+
+The public face of the reports stage. Inside: `_runner` (papermill runs, manifests, verify),
+`_record` (the kernel-side helpers a notebook calls: `read_recorded`, `setup_notebook`,
+`sync_first`), `_html` (offline HTML), and one module per report (`balance_timeline`) holding the
+computations its notebook shows. The notebooks themselves ship in ``reports/notebooks/``.
+
+papermill, nbconvert, nbformat and vl-convert are imported inside the functions that use them,
+so ``import esworkbench.reports`` stays light.
+
+Example:
+    >>> from esworkbench.reports import notebook_parameters
+    >>> "lake" in notebook_parameters(NOTEBOOKS_DIR / "balance_timeline.ipynb")
+    True
+"""
+
+from esworkbench.reports._html import external_urls, render_html
+from esworkbench.reports._record import (
+    READ_MIME,
+    URI_ENV,
+    ReadRecord,
+    read_recorded,
+    reads_in_notebook,
+    resolve_masked_uri,
+    setup_notebook,
+    sync_first,
+)
+from esworkbench.reports._runner import (
+    NOTEBOOKS_DIR,
+    ReportCellError,
+    ReportResult,
+    VerifyResult,
+    notebook_parameters,
+    parse_parameters,
+    run_report,
+    verify_manifest,
+)
+
+__all__ = [
+    "NOTEBOOKS_DIR",
+    "READ_MIME",
+    "URI_ENV",
+    "ReadRecord",
+    "ReportCellError",
+    "ReportResult",
+    "VerifyResult",
+    "external_urls",
+    "notebook_parameters",
+    "parse_parameters",
+    "read_recorded",
+    "reads_in_notebook",
+    "render_html",
+    "resolve_masked_uri",
+    "run_report",
+    "setup_notebook",
+    "sync_first",
+    "verify_manifest",
+]
