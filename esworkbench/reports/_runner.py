@@ -420,9 +420,7 @@ def _notebook_path(name: str | Path, notebooks_dir: str | Path | None = None) ->
             raise ReportError(f"notebook {candidate} does not exist")
         return candidate.resolve()
     dirs = (
-        [Path(notebooks_dir)]
-        if notebooks_dir is not None
-        else [Path("notebooks"), NOTEBOOKS_DIR]
+        [Path(notebooks_dir)] if notebooks_dir is not None else [Path("notebooks"), NOTEBOOKS_DIR]
     )
     for directory in dirs:
         if (directory / f"{name}.ipynb").exists():

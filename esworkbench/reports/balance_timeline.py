@@ -461,8 +461,11 @@ def stream_summary(
 
 
 def _effective(timeline: pl.DataFrame, value: str) -> pl.DataFrame:
-    """Rows in business-time order per stream, with `_effective`: the value after the highest
-    revision that had happened by that row's time (see the module docstring)."""
+    """Rows in business-time order per stream, with `_effective`.
+
+    `_effective` is the value after the highest revision that had happened by that row's time
+    (see the module docstring).
+    """
     values = timeline.select("stream_name", "stream_revision", pl.col(value).alias(_EFF))
     return (
         timeline.select("stream_name", "stream_revision", TIME)
