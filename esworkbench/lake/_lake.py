@@ -112,10 +112,15 @@ class Lake:
         try:
             self._con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as e:
-            raise LakeError(
-                f"cannot open the lake {self.path}: {e}. Another process may hold it open for "
-                "writing (a running sync?): wait for it, or open with read_only=True."
-            ) from e
+            # The hint only where DuckDB says another process holds the file's lock; other
+            # causes (not a DuckDB file, no permission, a newer format) name themselves.
+            hint = (
+                " Another process may hold it open for writing (a running sync?): wait for it, "
+                "or open with read_only=True."
+                if "lock" in str(e).lower()
+                else ""
+            )
+            raise LakeError(f"cannot open the lake {self.path}: {e}.{hint}") from e
         # UTC everywhere: `created` and `occurred_at` come back as UTC timestamps.
         q(self._con, "SET TimeZone = 'UTC'")
         if not read_only:

@@ -403,3 +403,15 @@ def _no_stray_files() -> Iterator[None]:
     yield
     after = set((ROOT / "reports").glob("*/*")) if (ROOT / "reports").exists() else set()
     assert after == before
+
+
+@pytest.mark.parametrize("name", ["../outside", "sub/../../outside", "..", "nested/inside"])
+def test_a_report_name_cannot_reach_outside_the_report_directory(tmp_path: Path, name: str) -> None:
+    from esworkbench.reports._runner import _notebook_path
+
+    reports_dir = tmp_path / "notebooks"
+    (reports_dir / "nested").mkdir(parents=True)
+    for notebook in (tmp_path / "outside.ipynb", reports_dir / "nested" / "inside.ipynb"):
+        notebook.write_text("{}")
+    with pytest.raises(ReportError, match="not a plain name"):
+        _notebook_path(name, reports_dir)
