@@ -460,17 +460,26 @@ def sync(
         raise click.UsageError("give exactly one of --uri URI or --archive PATH")
     settings = Settings.load(esdb_uri=uri, lake=lake, reader=reader, batch_size=batch_size)
     location = settings.esdb_uri or str(archive)
-    source = open_source(
-        location, reader=settings.reader, filter=EventFilter.of(**_given(filters)), follow=follow
-    )
-    settings.lake.parent.mkdir(parents=True, exist_ok=True)
-    with Lake(settings.lake) as opened:
-        try:
+    # sync() turns Ctrl-C into a stop at a batch boundary; one that lands before it starts
+    # (opening the lake, connecting) or after it ends (closing) is just as harmless, and
+    # gets the same quiet exit rather than click's "Aborted!".
+    try:
+        source = open_source(
+            location,
+            reader=settings.reader,
+            filter=EventFilter.of(**_given(filters)),
+            follow=follow,
+        )
+        settings.lake.parent.mkdir(parents=True, exist_ok=True)
+        with Lake(settings.lake) as opened:
             result = sync_into(source, opened, batch_size=settings.batch_size, progress=True)
-        except SyncInterrupted as stopped:
-            click.echo(stopped.result.summary())
-            click.echo("interrupted: the lake is consistent; run the same command to resume")
-            raise SystemExit(130) from None
+    except SyncInterrupted as stopped:
+        click.echo(stopped.result.summary())
+        click.echo("interrupted: the lake is consistent; run the same command to resume")
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: the lake is consistent; run the same command to resume")
+        raise SystemExit(130) from None
     click.echo(result.summary())
 
 

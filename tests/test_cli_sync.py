@@ -120,3 +120,24 @@ def test_follow_keeps_syncing_until_ctrl_c(tmp_path: Path) -> None:
     assert "sync interrupted: 2 events added" in out
     with Lake(lake, read_only=True) as opened:
         assert opened.read_events()["stream_name"].to_list() == ["tick-1", "tick-2"]
+
+
+@pytest.mark.parametrize("where", ["esworkbench.lake.Lake.__init__", "esworkbench.lake.Lake.close"])
+def test_ctrl_c_outside_the_sync_loop_exits_130_quietly(
+    tmp_path: Path, archive: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C while the lake opens or closes (the sync loop handles its own) is no failure."""
+    method = where.rsplit(".", 1)[1]
+    original = getattr(Lake, method)
+
+    def interrupted(self: Lake, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Lake, method, interrupted)
+    result = CliRunner().invoke(
+        main, ["sync", "--archive", str(archive), "--lake", str(tmp_path / "l.duckdb")]
+    )
+    monkeypatch.undo()
+    assert result.exit_code == 130, result.output
+    assert "Aborted" not in result.output and "interrupted: the lake is consistent" in result.output

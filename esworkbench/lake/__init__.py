@@ -1,9 +1,12 @@
 """The DuckDB event lake: one file holding every synced event, and the ways to read it.
 
 Tables (see DESIGN.md): `events` (the envelope; unique event ids; read in commit-position
-order), `_checkpoints` (source key -> last commit position looked at), `_sync_runs` (an audit
-row per sync), `_rejected` (events that could not be decoded, with raw bytes and the reason),
-and per event type a view `typed."<type>"` with the JSON payload flattened into typed columns.
+order), `_checkpoints` (source key -> last commit position looked at, and the last event read
+at or before it, which a resuming sync checks the source still holds), `_sync_runs` (an audit
+row per sync), `_rejected` (events that could not be decoded, or that readers would read
+differently, with raw bytes and the reason), `_flags` (problems with events the lake kept; see
+`Lake`), and per event type a view `typed."<type>"` with the JSON payload flattened into typed
+columns.
 
 Reading follows polars' verbs: `read_*` returns a DataFrame, `scan_*` a LazyFrame, `iter_*` a
 stream of Arrow batches; every one takes the same filters (`EventFilter`). Writing goes through
@@ -11,9 +14,9 @@ stream of Arrow batches; every one takes the same filters (`EventFilter`). Writi
 
 Inside: `_lake` (the `Lake` reader), `_writer` (run bookkeeping, batch + checkpoint
 transactions), `_sync` (the producer/consumer sync loop and its progress), `_ingest` (schema,
-decoding a raw batch into `events` / `_rejected`), `_views` (typed views), `_export` (filter
-SQL, Parquet and archive export), `_readmodels` (projections' read models, rows + checkpoint
-per transaction).
+decoding a raw batch into `events` / `_rejected` / `_flags`), `_payloads` (exact checks of
+suspect payloads), `_views` (typed views), `_export` (filter SQL, Parquet and archive export),
+`_readmodels` (projections' read models, rows + checkpoint per transaction).
 
 Example:
     >>> from esworkbench.lake import Lake, sync

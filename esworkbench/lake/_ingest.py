@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from esworkbench.events import OCCURRED_AT_KEY
-from esworkbench.lake import _views
+from esworkbench.lake import _payloads, _views
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -33,7 +33,7 @@ __all__ = [
     "rows",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 REASON_CODES = (
     "malformed_json",
@@ -41,7 +41,22 @@ REASON_CODES = (
     "malformed_metadata",
     "invalid_event_id",
     "duplicate_event_id",
+    "duplicate_json_key",
+    "non_finite_number",
+    "too_deep",
 )
+# Problems with an event the lake keeps, recorded in `_flags`.
+FLAG_CODES = (
+    "not_an_object",
+    "number_out_of_range",
+    "occurred_at_invalid",
+    "occurred_at_implausible",
+)
+# An occurredAt this far from `created` is not believed: a year later than the write (business
+# time may trail the write, as when history is replayed, but not by years), or earlier than
+# any history a store imports.
+_OCCURRED_AFTER_CREATED = "INTERVAL 1 YEAR"
+_OCCURRED_BEFORE_CREATED = "INTERVAL 100 YEAR"
 
 # `events`: the envelope of ENVELOPE_SCHEMA. event_id is stored as UUID (16 bytes): the
 # uniqueness check scans it for every batch, and that is 10x+ faster than over text ids at
@@ -70,7 +85,25 @@ _DDL = [
         source_key VARCHAR PRIMARY KEY,
         position UBIGINT NOT NULL,
         updated TIMESTAMPTZ NOT NULL,
-        run_id BIGINT
+        run_id BIGINT,
+        anchor_position UBIGINT,
+        anchor_event_id VARCHAR
+    )""",
+    # Schema version 1 lakes: the anchor (the last event read at or before the checkpoint)
+    # starts unknown and is recorded by the next batch that reads an event.
+    "ALTER TABLE _checkpoints ADD COLUMN IF NOT EXISTS anchor_position UBIGINT",
+    "ALTER TABLE _checkpoints ADD COLUMN IF NOT EXISTS anchor_event_id VARCHAR",
+    """CREATE TABLE IF NOT EXISTS _flags (
+        commit_position UBIGINT NOT NULL,
+        event_id VARCHAR NOT NULL,
+        stream_name VARCHAR NOT NULL,
+        event_type VARCHAR NOT NULL,
+        created TIMESTAMPTZ NOT NULL,
+        flag VARCHAR NOT NULL,
+        detail VARCHAR NOT NULL,
+        source_key VARCHAR NOT NULL,
+        run_id BIGINT,
+        flagged_at TIMESTAMPTZ NOT NULL
     )""",
     "CREATE SEQUENCE IF NOT EXISTS _sync_run_ids START 1",
     """CREATE TABLE IF NOT EXISTS _sync_runs (
@@ -126,7 +159,8 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
         q(con, stmt)
     q(
         con,
-        "INSERT INTO _lake_info VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+        "INSERT INTO _lake_info VALUES ('schema_version', ?) ON CONFLICT DO UPDATE "
+        "SET value = excluded.value",
         [str(SCHEMA_VERSION)],
     )
 
@@ -241,7 +275,8 @@ checked AS (
     LEFT JOIN in_batch b ON b.id = raw.id
     LEFT JOIN seen_rejected sr
            ON sr.commit_position = raw.commit_position AND sr.event_id = raw.event_id
-)
+),
+decided AS (
 SELECT * EXCLUDE (data, metadata),  -- the raw bytes stay in _raw: only rejects need them
     CASE
         WHEN redelivered THEN NULL
@@ -265,6 +300,35 @@ SELECT * EXCLUDE (data, metadata),  -- the raw bytes stay in _raw: only rejects 
             || ' is already in the lake at commit position ' || first_position
     END AS reason
 FROM checked
+)
+-- Payloads DuckDB reads but that other readers read differently (or not at all) are found in
+-- two steps: cheap columnar tests mark suspects here, and `_payloads.inspect` settles each
+-- suspect exactly. The tests: a regex for trailing commas and long digit runs; where the
+-- shape has numbers, one for NaN, Infinity and large exponents; more keys in the text than in
+-- the shape (which merges duplicates; with arrays, whose elements it also merges, only the
+-- top level is compared here and `_NESTED_DUPLICATES` does the rest); and a shape deeper than
+-- allowed (the text's brackets too where the shape merged mixed values into "JSON"). CASE
+-- keeps the JSON functions away from rows that are not valid JSON.
+SELECT *,
+    CASE WHEN reason IS NULL AND NOT redelivered THEN
+        regexp_matches(data_text, '{suspect}')
+        OR ((contains(st, 'DOUBLE') OR contains(st, 'INT"') OR contains(st, '"JSON"'))
+            AND regexp_matches(data_text, '{suspect_number}'))
+        OR CASE WHEN contains(st, '[')
+                THEN len(json_keys(data_text)) <> len(json_keys(st))
+                ELSE length(data_text) - length(replace(data_text, '":', ''))
+                     <> length(st) - length(replace(st, '":', '')) END
+        OR length(st) - length(replace(replace(st, '{{', ''), '[', '')) > {max_depth}
+        OR (contains(st, '"JSON"')
+            AND length(data_text) - length(replace(replace(data_text, '{{', ''), '[', ''))
+                > {max_depth})
+    ELSE false END AS suspect,
+    CASE WHEN reason IS NULL AND NOT redelivered
+         THEN contains(st, '[') AND strpos(substr(st, 2), '{{') > 0 ELSE false END AS nested,
+    CASE WHEN reason IS NULL AND NOT redelivered
+         THEN json_type(data_text) <> 'OBJECT' ELSE false END AS untyped
+FROM (SELECT *, CASE WHEN data_state = 1 THEN json_structure(data_text) END AS st
+      FROM decided)
 """
 
 # The derived columns come from one parse of the metadata.
@@ -287,6 +351,10 @@ _IN_BATCH = (
 )
 _NO_REPEATS = "SELECT NULL::UUID AS id, NULL::UBIGINT AS first_position WHERE false"
 
+# occurred_at is the metadata's occurredAt when it parses, else `created`; implausible ones are
+# then set to `created` too (few rows: an UPDATE, so the common path parses each value once).
+# `_OCCURRED_FLAGS` finds both kinds among the batch's new events, cheaply: an implausible value
+# shows in occurred_at itself, and an unparsable one left occurred_at equal to `created`.
 _INSERT_EVENTS = f"""
 INSERT INTO events
 SELECT commit_position, prepare_position, stream_name, stream_revision, id, event_type,
@@ -295,6 +363,36 @@ SELECT commit_position, prepare_position, stream_name, stream_revision, id, even
        m['$correlationId'], m['$causationId']
 FROM (SELECT *, try(json_transform(meta_text, '{_META_FIELDS}')) AS m FROM _staged
       WHERE reason IS NULL AND NOT redelivered)
+"""
+_PLAUSIBLE = f"BETWEEN created - {_OCCURRED_BEFORE_CREATED} AND created + {_OCCURRED_AFTER_CREATED}"
+_OCCURRED_FLAGS = f"""
+CREATE OR REPLACE TEMP TABLE _occurred AS
+SELECT commit_position, event_id::VARCHAR AS event_id, stream_name, event_type, created,
+       CASE WHEN occurred_at {_PLAUSIBLE} THEN 'occurred_at_invalid'
+            ELSE 'occurred_at_implausible' END AS flag,
+       'occurredAt ' || to_json(json_extract_string(metadata, '$.{OCCURRED_AT_KEY}'))
+       || CASE WHEN occurred_at {_PLAUSIBLE} THEN ' is not an ISO 8601 timestamp'
+            ELSE ' lies implausibly far from created ('
+                 || strftime(created, '%Y-%m-%dT%H:%M:%SZ')
+                 || '): more than a year after it or 100 years before it' END
+       || '; occurred_at holds created instead' AS detail
+FROM events
+WHERE commit_position BETWEEN ? AND ?
+  AND (NOT (occurred_at {_PLAUSIBLE})
+       OR (occurred_at = created AND contains(metadata, '{OCCURRED_AT_KEY}')
+           AND json_extract_string(metadata, '$.{OCCURRED_AT_KEY}') IS NOT NULL
+           AND try_cast(json_extract_string(metadata, '$.{OCCURRED_AT_KEY}')
+                        AS TIMESTAMPTZ) IS NULL))
+  AND event_id IN (SELECT id FROM _staged WHERE reason IS NULL AND NOT redelivered)
+"""
+
+_INSERT_SHAPE_FLAGS = """
+INSERT INTO _flags
+SELECT commit_position, event_id, stream_name, event_type, created, 'not_an_object',
+       'the payload is a JSON ' || lower(json_type(data_text))
+       || ', not an object: its typed view has no columns for it', ?, ?, now()
+FROM _staged WHERE reason IS NULL AND NOT redelivered AND untyped
+                AND json_type(data_text) <> 'OBJECT'
 """
 
 _INSERT_REJECTED = """
@@ -309,6 +407,104 @@ ORDER BY s.commit_position
 
 
 _NOT_JSON = "the payload is not valid JSON"
+
+# Duplicate keys below the top level: one row per key (json_tree), only over payloads that
+# hold a nested object and were not already suspect.
+_NESTED_DUPLICATES = """
+UPDATE _staged SET suspect = true FROM (
+    SELECT DISTINCT s.commit_position, s.event_id
+    FROM (SELECT commit_position, event_id, data_text FROM _staged
+          WHERE nested AND NOT suspect) s, json_tree(s.data_text) j
+    WHERE j.key IS NOT NULL
+    GROUP BY s.commit_position, s.event_id, j.parent, j.key HAVING count(*) > 1
+) d
+WHERE _staged.commit_position = d.commit_position AND _staged.event_id = d.event_id
+"""
+
+
+def _run_with_rows(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    found: list[tuple[Any, ...]],
+    columns: tuple[str, ...],
+    params: Any = None,
+) -> None:
+    """Run `sql` with the per-event rows `found` registered as the table `_rows`.
+
+    Each row is (commit position, event id, *the other `columns`): the few rows Python
+    settled, joined back to `_staged` by position and id.
+    """
+    names = ("commit_position", "event_id", *columns)
+    data = {name: [r[i] for r in found] for i, name in enumerate(names)}
+    table = pa.table({**data, "commit_position": pa.array(data["commit_position"], pa.uint64())})
+    con.register("_rows", table)
+    try:
+        q(con, sql, params)
+    finally:
+        con.unregister("_rows")
+
+
+def _inspect_suspects(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, str, str]]:
+    """Settle the suspect payloads one by one (few rows); returns their flags.
+
+    A rejected payload gets its reason in `_staged`; a flagged one is left out of type
+    inference. Returns (commit position, event id, flag, detail) rows for `_flags`.
+    """
+    suspects = rows(con, "SELECT commit_position, event_id, data_text FROM _staged WHERE suspect")
+    fixes: list[tuple[int, str, str | None, bool]] = []
+    flags: list[tuple[int, str, str, str]] = []
+    for position, event_id, text in suspects:
+        reason, found = _payloads.inspect(text)
+        if reason is not None or found:
+            fixes.append((position, event_id, reason, bool(found)))
+        flags += [(position, event_id, flag, detail) for flag, detail in found]
+    if fixes:
+        _run_with_rows(
+            con,
+            "UPDATE _staged SET reason = f.reason, untyped = _staged.untyped OR f.untyped "
+            "FROM _rows f WHERE _staged.commit_position = f.commit_position "
+            "AND _staged.event_id = f.event_id",
+            fixes,
+            ("reason", "untyped"),
+        )
+    return flags
+
+
+def _insert_flags(
+    con: duckdb.DuckDBPyConnection,
+    found: list[tuple[int, str, str, str]],
+    *,
+    source_key: str,
+    run_id: int,
+) -> None:
+    """Record the flags of the batch's new events in `_flags`."""
+    q(con, _INSERT_SHAPE_FLAGS, [source_key, run_id])
+    q(
+        con,
+        _OCCURRED_FLAGS,
+        rows(
+            con,
+            "SELECT min(commit_position), max(commit_position) FROM _staged "
+            "WHERE reason IS NULL AND NOT redelivered",
+        )[0],
+    )
+    q(
+        con,
+        "UPDATE events SET occurred_at = events.created FROM _occurred o "
+        "WHERE o.flag = 'occurred_at_implausible' AND events.event_id = o.event_id::UUID",
+    )
+    q(con, "INSERT INTO _flags SELECT *, ?, ?, now() FROM _occurred", [source_key, run_id])
+    q(con, "DROP TABLE _occurred")
+    if found:
+        _run_with_rows(
+            con,
+            "INSERT INTO _flags SELECT s.commit_position, s.event_id, s.stream_name, "
+            "s.event_type, s.created, f.flag, f.detail, ?, ?, now() FROM _rows f JOIN _staged s "
+            "ON s.commit_position = f.commit_position AND s.event_id = f.event_id",
+            found,
+            ("flag", "detail"),
+            [source_key, run_id],
+        )
 
 
 def _refine_json_reasons(con: duckdb.DuckDBPyConnection) -> None:
@@ -334,23 +530,30 @@ def _refine_json_reasons(con: duckdb.DuckDBPyConnection) -> None:
         updates.append(
             (position, event_id, reason.replace("the payload is not valid JSON", detail, 1))
         )
-    fixes = pa.table(
-        {
-            "commit_position": pa.array([u[0] for u in updates], pa.uint64()),
-            "event_id": [u[1] for u in updates],
-            "reason": [u[2] for u in updates],
-        }
+    _run_with_rows(
+        con,
+        "UPDATE _staged SET reason = f.reason FROM _rows f "
+        "WHERE _staged.commit_position = f.commit_position AND _staged.event_id = f.event_id",
+        updates,
+        ("reason",),
     )
-    con.register("_reason_fixes", fixes)
-    try:
-        q(
-            con,
-            "UPDATE _staged SET reason = f.reason FROM _reason_fixes f "
-            "WHERE _staged.commit_position = f.commit_position "
-            "AND _staged.event_id = f.event_id",
-        )
-    finally:
-        con.unregister("_reason_fixes")
+
+
+def _anchor(batch: pa.RecordBatch, checkpoint: int) -> tuple[int | None, str | None]:
+    """The batch's last event at or before the checkpoint: (position, id), or Nones.
+
+    The checkpoint itself may lie past the last event a filtered read matched; the anchor is
+    an event the source really holds, so a later sync can ask the source whether it still
+    holds it (see `sync`).
+    """
+    if not batch.num_rows:
+        return None, None
+    positions = batch.column("commit_position").to_numpy(zero_copy_only=False)
+    eligible = np.flatnonzero(positions <= checkpoint)
+    if not len(eligible):
+        return None, None
+    last = int(eligible[np.argmax(positions[eligible])])
+    return int(positions[last]), str(batch.column("event_id")[last].as_py())
 
 
 def _drop_repeats(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
@@ -410,8 +613,13 @@ def ingest_batch(
                 _STAGE_SQL.format(
                     in_batch=_IN_BATCH if repeats else _NO_REPEATS,
                     seen=_SEEN if known.any() else _NOT_SEEN,
+                    suspect=_payloads.SUSPECT_REGEX,
+                    suspect_number=_payloads.SUSPECT_NUMBER_REGEX,
+                    max_depth=_payloads.MAX_DEPTH,
                 ),
             )
+            q(con, _NESTED_DUPLICATES)
+            flags = _inspect_suspects(con)
             ((counts.events, counts.rejected, redelivered, malformed),) = rows(
                 con,
                 "SELECT count(*) FILTER (reason IS NULL AND NOT redelivered), "
@@ -423,17 +631,24 @@ def ingest_batch(
             counts.duplicates += redelivered
             if counts.events:
                 q(con, _INSERT_EVENTS)
+                _insert_flags(con, flags, source_key=source_key, run_id=run_id)
                 _views.update_after_insert(con, fields)
             if counts.rejected:
                 q(con, _INSERT_REJECTED, [source_key, run_id])
             q(con, "DROP TABLE _staged")
         if checkpoint is not None:
+            anchor = _anchor(batch, checkpoint)
             q(
                 con,
-                "INSERT INTO _checkpoints VALUES (?, ?, now(), ?) ON CONFLICT (source_key) DO "
-                "UPDATE SET position = greatest(_checkpoints.position, excluded.position), "
-                "updated = excluded.updated, run_id = excluded.run_id",
-                [source_key, checkpoint, run_id],
+                "INSERT INTO _checkpoints VALUES (?, ?, now(), ?, ?, ?) ON CONFLICT (source_key) "
+                "DO UPDATE SET position = greatest(_checkpoints.position, excluded.position), "
+                "updated = excluded.updated, run_id = excluded.run_id, "
+                "anchor_event_id = CASE WHEN excluded.anchor_position >= "
+                "coalesce(_checkpoints.anchor_position, 0) THEN excluded.anchor_event_id "
+                "ELSE _checkpoints.anchor_event_id END, "
+                "anchor_position = greatest(_checkpoints.anchor_position, "
+                "excluded.anchor_position)",
+                [source_key, checkpoint, run_id, *anchor],
             )
         q(
             con,

@@ -53,6 +53,7 @@ class LakeSummary:
     rejected: dict[str, int]
     sync_runs: int
     checkpoints: dict[str, int]
+    flags: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [
@@ -69,6 +70,8 @@ class LakeSummary:
         total_rejected = sum(self.rejected.values())
         lines.append(f"  rejected: {total_rejected:,}")
         lines += [f"    {r}: {n:,}" for r, n in self.rejected.items()]
+        lines.append(f"  flagged: {sum(self.flags.values()):,}")
+        lines += [f"    {f}: {n:,}" for f, n in self.flags.items()]
         lines.append(f"  sync runs: {self.sync_runs}; checkpoints:")
         lines += [f"    {k} -> {p}" for k, p in self.checkpoints.items()]
         return "\n".join(lines)
@@ -76,6 +79,17 @@ class LakeSummary:
 
 class Lake:
     """A DuckDB event lake file; open it as a context manager.
+
+    Every event a sync reads ends up in exactly one place: `events` or `_rejected` (with its
+    raw bytes and a reason). Events the lake keeps but does not fully trust are *flagged*: one
+    row per problem in the `_flags` table (commit position, event id, stream, type, `flag`
+    code, `detail`), read with `read_flags()` and counted in `summary()`. Flag codes:
+    `not_an_object` (the payload is valid JSON but not an object: its typed view shows no
+    columns for it), `number_out_of_range` (a number that does not fit BIGINT, DOUBLE or
+    DECIMAL(18, s): left out of type inference, so the column keeps its type, and read as
+    NULL where it does not fit), `occurred_at_invalid` and `occurred_at_implausible` (the
+    metadata's occurredAt does not parse, or lies more than a year after `created` or more
+    than 100 years before it: `occurred_at` holds `created` instead).
 
     Args:
         path: the DuckDB file (created with its schema if missing, unless read_only).
@@ -99,10 +113,15 @@ class Lake:
         try:
             self._con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.IOException as e:
-            raise LakeError(
-                f"cannot open the lake {self.path}: {e}. Another process may hold it open for "
-                "writing (a running sync?): wait for it, or open with read_only=True."
-            ) from e
+            # The hint only where DuckDB says another process holds the file's lock; other
+            # causes (not a DuckDB file, no permission, a newer format) name themselves.
+            hint = (
+                " Another process may hold it open for writing (a running sync?): wait for it, "
+                "or open with read_only=True."
+                if "lock" in str(e).lower()
+                else ""
+            )
+            raise LakeError(f"cannot open the lake {self.path}: {e}.{hint}") from e
         # UTC everywhere: `created` and `occurred_at` come back as UTC timestamps.
         q(self._con, "SET TimeZone = 'UTC'")
         if not read_only:
@@ -322,6 +341,21 @@ class Lake:
             params,
         )
 
+    def read_flags(self, **filters: Unpack[FilterOptions]) -> pl.DataFrame:
+        """Problems with events the lake kept: one row per flag (see the class docstring).
+
+        Same filters as `read_events` (on the envelope fields a flag row has).
+
+        Example:
+            >>> lake.read_flags().group_by("flag").len()                  # doctest: +SKIP
+        """
+        where, params = _export.where_sql(
+            EventFilter.of(**filters), category="split_part(stream_name, '-', 1)"
+        )
+        return self._frame(
+            f"SELECT * FROM _flags{where} ORDER BY commit_position, event_id, flag", params
+        )
+
     def read_sync_runs(self) -> pl.DataFrame:
         """The audit of every sync.
 
@@ -372,6 +406,7 @@ class Lake:
             "SELECT split_part(reason, ':', 1), count(*) FROM _rejected "
             "GROUP BY ALL ORDER BY 2 DESC, 1",
         )
+        flags = rows(self._con, "SELECT flag, count(*) FROM _flags GROUP BY ALL ORDER BY 2 DESC, 1")
         ((runs,),) = rows(self._con, "SELECT count(*) FROM _sync_runs")
         cps = rows(self._con, "SELECT source_key, position FROM _checkpoints ORDER BY 1")
         return LakeSummary(
@@ -385,6 +420,7 @@ class Lake:
             rejected={r: int(c) for r, c in rejected},
             sync_runs=int(runs),
             checkpoints={k: int(p) for k, p in cps},
+            flags={f: int(c) for f, c in flags},
         )
 
     def digest(self, **filters: Unpack[FilterOptions]) -> str:

@@ -19,7 +19,14 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from esworkbench.sources import EventSource, SourceBatch, SupportsCancel, SupportsHead
+from esworkbench.errors import SourceError
+from esworkbench.sources import (
+    EventSource,
+    SourceBatch,
+    SupportsCancel,
+    SupportsHead,
+    SupportsVerify,
+)
 
 if TYPE_CHECKING:
     from esworkbench.lake._lake import Lake
@@ -270,6 +277,11 @@ def sync(
         writer = lake.writer(batch_size=batch_size)
         start = writer.checkpoint(key)
         run_id = writer.begin_run(key, description, start)
+        try:
+            _check_same_source(source, writer.anchor(key), description, lake)
+        except SourceError as e:
+            writer.finish_run(run_id, "failed", str(e))
+            raise
         t0 = time.monotonic()
         totals = {"events": 0, "rejected": 0, "duplicates": 0, "batches": 0}
 
@@ -320,6 +332,31 @@ def sync(
         error.sync_result = result  # type: ignore[attr-defined]
         raise error
     return result
+
+
+def _check_same_source(
+    source: EventSource, anchor: tuple[int, str] | None, description: str, lake: Lake
+) -> None:
+    """Refuse to resume when the source no longer holds the event the checkpoint follows.
+
+    A commit position names a place in one store's log; a store reset or replaced at the same
+    address (an in-memory server restarted and reseeded) reuses the positions for other events,
+    and resuming there would skip events and mix two stores in one lake.
+    """
+    if anchor is None or not isinstance(source, SupportsVerify):
+        return
+    position, expected = anchor
+    found = source.event_id_at(position)
+    if found == expected:
+        return
+    now = f"holds event {found}" if found is not None else "holds no event"
+    raise SourceError(
+        f"the source changed: {description} now {now} at commit position {position}, where "
+        f"the lake {lake.path} last read event {expected}. The store was reset or replaced "
+        "(an in-memory server restarted?), and resuming would skip events and mix two stores. "
+        "Sync it into a new lake (esworkbench sync --lake NEW.duckdb ...), or delete "
+        f"{lake.path} to start this one over."
+    )
 
 
 @contextlib.contextmanager

@@ -99,7 +99,9 @@ _TIMESTAMP = (
     r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)?"
 )
 _DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
-_ACCEPTED = "reason IS NULL AND NOT redelivered"  # the batch's new events in `_staged`
+# The batch's new events in `_staged` that inference learns from: flagged payloads (not an
+# object, numbers out of range) are kept in the lake but would only mislead the column types.
+_ACCEPTED = "reason IS NULL AND NOT redelivered AND NOT untyped"
 _KINDS = {
     "UBIGINT": "int",
     "BIGINT": "int",
@@ -155,7 +157,9 @@ def infer_type(s: dict[str, Any]) -> str | None:
 
 
 def _leaves(structure: Any, keys: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
-    """(keys, kind) for every node of a json_structure value except the root object."""
+    """(keys, kind) for every node of a json_structure value except the root."""
+    if not keys and not isinstance(structure, dict):
+        return  # not an object (or an empty one): nothing to flatten
     if isinstance(structure, dict):
         if keys:
             yield keys, "object"
@@ -202,23 +206,17 @@ def _tests(
 ) -> tuple[str, str, str, str]:
     """SQL pieces that examine the text of each path's values.
 
-    The struct to json_transform into, the value columns, the per-value tests (run once each), and
-    the aggregates (seven per path: values, plain numbers, with a fraction, timestamps, dates,
-    scale, digits).
+    The json_transform expression (NULL when no path fits its struct), the value columns, the
+    per-value tests (run once each), and the aggregates (seven per path: values, plain
+    numbers, with a fraction, timestamps, dates, scale, digits).
     """
-    structure: dict[str, Any] = {}
-    for keys in paths:
-        node = structure
-        for k in keys[:-1]:
-            child = node.setdefault(k, {})
-            if not isinstance(child, dict):  # also a leaf elsewhere: read it as text
-                break
-            node = child
-        else:
-            if keys[-1] not in node:
-                node[keys[-1]] = "VARCHAR"
+    structure, in_struct = _struct_plan([(keys, "VARCHAR") for keys in paths])
     values = ", ".join(
-        f"p{''.join(f'[{_literal(k)}]' for k in keys)}::VARCHAR AS v{i}"
+        (
+            f"{_struct_ref(keys)}::VARCHAR AS v{i}"
+            if keys in in_struct
+            else f"json_extract_string(data_text, {_pointer(keys)}) AS v{i}"
+        )
         for i, keys in enumerate(paths)
     )
     tests, aggregates = [], []
@@ -239,7 +237,10 @@ def _tests(
             f"max(CASE WHEN n{i} THEN (CASE WHEN p{i} > 0 THEN p{i} - 1 ELSE l{i} END) - m{i} "
             f"END)"
         )
-    return json.dumps(structure), values, ", ".join(tests), ", ".join(aggregates)
+    transform = (
+        f"json_transform(data_text, {_literal(json.dumps(structure))})" if structure else "NULL"
+    )
+    return transform, values, ", ".join(tests), ", ".join(aggregates)
 
 
 def _needs(checks: dict[_Key, dict[str, Any]]) -> dict[tuple[str, ...], set[str]]:
@@ -276,16 +277,15 @@ def _scan(
     types = sorted({t for t, _ in checks})
     if not paths:
         shapes = con.execute(
-            f"SELECT event_type, json_structure(data_text) FROM _staged "
-            f"WHERE {_ACCEPTED} GROUP BY ALL"
+            f"SELECT event_type, st FROM _staged WHERE {_ACCEPTED} GROUP BY ALL"
         ).fetchall()
         return [(t, st) for t, st in shapes], {}
-    structure, values, tests, aggregates = _tests(paths, _needs(checks))
+    transform, values, tests, aggregates = _tests(paths, _needs(checks))
     rows = con.execute(
         f"SELECT event_type, st, {aggregates} FROM (SELECT event_type, st, {tests} FROM "
-        f"(SELECT event_type, st, {values} FROM (SELECT event_type, "
-        f"json_structure(data_text) AS st, CASE WHEN list_contains(?, event_type) THEN "
-        f"json_transform(data_text, {_literal(structure)}) END AS p FROM _staged "
+        f"(SELECT event_type, st, {values} FROM (SELECT event_type, data_text, "
+        f"st, CASE WHEN list_contains(?, event_type) THEN "
+        f"{transform} END AS p FROM _staged "
         f"WHERE {_ACCEPTED}))) GROUP BY event_type, st",
         [types],
     ).fetchall()
@@ -302,11 +302,11 @@ def _check_strings(
 ) -> dict[_Key, list[Any]]:
     """The text figures of paths that showed strings for the first time in this batch."""
     paths = sorted({keys for _, keys in checks})
-    structure, values, tests, aggregates = _tests(paths, _needs(checks))
+    transform, values, tests, aggregates = _tests(paths, _needs(checks))
     rows = con.execute(
         f"SELECT event_type, {aggregates} FROM (SELECT event_type, {tests} "
-        f"FROM (SELECT event_type, {values} FROM (SELECT event_type, "
-        f"json_transform(data_text, {_literal(structure)}) AS p FROM _staged "
+        f"FROM (SELECT event_type, {values} FROM (SELECT event_type, data_text, "
+        f"{transform} AS p FROM _staged "
         f"WHERE {_ACCEPTED} AND list_contains(?, event_type)))) GROUP BY event_type",
         [sorted({t for t, _ in checks})],
     ).fetchall()
@@ -402,6 +402,11 @@ def update_after_insert(con: duckdb.DuckDBPyConnection, cache: FieldState) -> No
         con.execute(_view_sql(event_type, fields)).fetchall()
 
 
+def _under_leaf(keys: tuple[str, ...], fields: list[tuple[tuple[str, ...], str]]) -> bool:
+    prefixes = {keys[:i] for i in range(1, len(keys))}
+    return any(k in prefixes for k, _ in fields)
+
+
 def _max(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else max(a, b)
 
@@ -424,28 +429,85 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _view_sql(event_type: str, fields: list[tuple[tuple[str, ...], str]]) -> str:
+def _struct_plan(
+    fields: list[tuple[tuple[str, ...], str]],
+) -> tuple[dict[str, Any], set[tuple[str, ...]]]:
+    """The struct one json_transform reads, and which paths it holds.
+
+    Paths left out are read by JSON pointer instead: a struct cannot hold an empty key, nor two
+    keys that differ only in case (DuckDB's struct fields are case-insensitive), nor a key that
+    is a leaf in one event and an object in another.
+    """
     structure: dict[str, Any] = {}
-    select: list[str] = []
-    used = set(ENVELOPE_COLUMNS)
+    held: set[tuple[str, ...]] = set()
     for keys, sql_type in sorted(fields):
-        if not keys:  # the payload itself is not an object
-            select.append(f"TRY_CAST(data AS {sql_type}) AS value")
+        if not keys or "" in keys:
             continue
         node = structure
-        for k in keys[:-1]:
-            child = node.setdefault(k, {})
-            if not isinstance(child, dict):  # under a path that is sometimes an object: JSON
+        for i, k in enumerate(keys):
+            if k not in node and any(o.lower() == k.lower() for o in node):
+                break  # a sibling differs only in case
+            if i == len(keys) - 1:
+                if k not in node:  # else it is an object here
+                    node[k] = sql_type
+                    held.add(keys)
                 break
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                break  # a leaf here
             node = child
+    return _pruned(structure), held
+
+
+def _pruned(node: dict[str, Any]) -> dict[str, Any]:
+    """The struct without empty objects (json_transform refuses them)."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            v = _pruned(v)
+            if not v:
+                continue
+        out[k] = v
+    return out
+
+
+def _struct_ref(keys: tuple[str, ...]) -> str:
+    return "p" + "".join(f"[{_literal(k)}]" for k in keys)
+
+
+def _pointer(keys: tuple[str, ...]) -> str:
+    """A JSON pointer literal for the path (exact and case-sensitive, empty keys included)."""
+    return _literal("".join("/" + k.replace("~", "~0").replace("/", "~1") for k in keys))
+
+
+def _column(keys: tuple[str, ...], used: set[str]) -> str:
+    """A column name for the path, unique among `used` (compared as DuckDB does: no case)."""
+    column = ".".join(keys)
+    if not column or column.lower() in used:
+        column = "data." + column
+    base, n = column, 2
+    while column.lower() in used:
+        column, n = f"{base}~{n}", n + 1
+    used.add(column.lower())
+    return column
+
+
+def _view_sql(event_type: str, fields: list[tuple[tuple[str, ...], str]]) -> str:
+    structure, held = _struct_plan(fields)
+    select: list[str] = []
+    used = {c.lower() for c in ENVELOPE_COLUMNS}
+    for keys, sql_type in sorted(fields):
+        if not keys:
+            continue
+        if keys in held:
+            ref = _struct_ref(keys)
+        elif _under_leaf(keys, fields):
+            continue  # under a path that is sometimes an object: that path's JSON has it
+        elif sql_type == "JSON":
+            ref = f"json_extract(data, {_pointer(keys)})"
         else:
-            node[keys[-1]] = sql_type
-            column = ".".join(keys)
-            if column in used:
-                column = "data." + column
-            used.add(column)
-            ref = "p" + "".join(f"[{_literal(k)}]" for k in keys)
-            select.append(f"{ref} AS {_ident(column)}")
+            ref = f"TRY_CAST(json_extract_string(data, {_pointer(keys)}) AS {sql_type})"
+        select.append(f"{ref} AS {_ident(_column(keys, used))}")
     cols = ", ".join(ENVELOPE_COLUMNS).replace("event_id", "event_id::VARCHAR AS event_id")
     payload = ""
     if structure:

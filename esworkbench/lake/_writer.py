@@ -20,7 +20,7 @@ from esworkbench.lake import _ingest, _views
 from esworkbench.lake._ingest import IngestCounts, q, rows
 from esworkbench.sources import SourceBatch
 
-__all__ = ["LakeWriter", "read_checkpoint"]
+__all__ = ["LakeWriter", "read_anchor", "read_checkpoint"]
 
 # DuckDB's row group size: a checkpoint per this many new rows writes each group about once.
 _ROW_GROUP_SIZE = 122_880
@@ -29,12 +29,31 @@ _SYNC_CHECKPOINT_THRESHOLD = "1GB"
 # being decoded, whatever the size of the lake.
 _SYNC_MEMORY_FLOOR = 256 * 2**20
 _SYNC_MEMORY_PER_EVENT = 8 * 2**10
+# Decoding copies a batch's payloads several times over (bytes, text, shapes, the insert): a
+# batch holding a few very large events needs this many times its size, whatever its count
+# (measured: an 18 MiB event needs more than 16x).
+_SYNC_MEMORY_PER_BATCH_BYTE = 32
 
 
 def read_checkpoint(con: duckdb.DuckDBPyConnection, source_key: str) -> int | None:
     """The commit position a source has been synced through, or None if never synced."""
     found = rows(con, "SELECT position FROM _checkpoints WHERE source_key = ?", [source_key])
     return int(found[0][0]) if found else None
+
+
+def read_anchor(con: duckdb.DuckDBPyConnection, source_key: str) -> tuple[int, str] | None:
+    """The last event a source's checkpoint follows: (commit position, event id), or None.
+
+    None when the source was never synced, no batch has read an event yet, or the lake predates
+    schema version 2 (its next batch records one).
+    """
+    found = rows(
+        con,
+        "SELECT anchor_position, anchor_event_id FROM _checkpoints WHERE source_key = ? "
+        "AND anchor_event_id IS NOT NULL",
+        [source_key],
+    )
+    return (int(found[0][0]), str(found[0][1])) if found else None
 
 
 class LakeWriter:
@@ -129,6 +148,10 @@ class LakeWriter:
         """The commit position a source has been synced through (see `read_checkpoint`)."""
         return read_checkpoint(self._con, source_key)
 
+    def anchor(self, source_key: str) -> tuple[int, str] | None:
+        """The last event the source's checkpoint follows (see `read_anchor`)."""
+        return read_anchor(self._con, source_key)
+
     # -- batches ------------------------------------------------------------------------
 
     def ingest(self, batch: SourceBatch, *, source_key: str, run_id: int) -> IngestCounts:
@@ -141,15 +164,23 @@ class LakeWriter:
                 raise LakeError(
                     f"source {source_key!r} sent a batch that is not RAW_SCHEMA ({e})"
                 ) from e
-        counts = _ingest.ingest_batch(
-            self._con,
-            events,
-            source_key=source_key,
-            run_id=run_id,
-            checkpoint=batch.checkpoint,
-            fields=self._fields,
-            ids=self._ids if self._ids is not None else _ingest.IdIndex.load(self._con),
-        )
+        needed = events.nbytes * _SYNC_MEMORY_PER_BATCH_BYTE
+        raised = self._saved is not None and needed > _megabytes(self._sync_memory) * 2**20
+        if raised:  # events as large as the server accepts must fit, or no sync gets past them
+            q(self._con, f"SET memory_limit = '{needed // 2**20 + 1}MB'")
+        try:
+            counts = _ingest.ingest_batch(
+                self._con,
+                events,
+                source_key=source_key,
+                run_id=run_id,
+                checkpoint=batch.checkpoint,
+                fields=self._fields,
+                ids=self._ids if self._ids is not None else _ingest.IdIndex.load(self._con),
+            )
+        finally:
+            if raised:
+                q(self._con, f"SET memory_limit = '{self._sync_memory}'")
         self._unflushed += counts.events + counts.rejected
         if self._unflushed >= _ROW_GROUP_SIZE:
             self._flush()
@@ -166,3 +197,7 @@ class LakeWriter:
             q(self._con, "CHECKPOINT")
             q(self._con, "SET memory_limit = '32MB'")
             q(self._con, f"SET memory_limit = '{self._sync_memory}'")
+
+
+def _megabytes(setting: str) -> int:
+    return int(setting.removesuffix("MB"))

@@ -175,6 +175,14 @@ def setup_notebook(*, max_rows: int = 50) -> None:
     pl.Config.set_fmt_str_lengths(80)
 
 
+# Ids and names stay on one line (a UUID broken over four lines is unreadable); only long
+# text (messages, evidence, payloads) wraps; money is right-aligned; wide tables scroll.
+_TABLE_STYLE = """<style>
+.ewb-table { overflow-x: auto; }
+.ewb-table th, .ewb-table td { text-align: left; vertical-align: top; white-space: nowrap; }
+.ewb-table td.ewb-long { white-space: normal; min-width: 28em; }
+.ewb-table td.ewb-money { text-align: right; }
+</style>"""
 _TABLE_SCRIPT = """
 <script>
 (function () {
@@ -234,10 +242,7 @@ def table(
     body = "".join(
         "<tr>"
         + "".join(
-            ('<td class="ewb-money">' if m else "<td>")
-            + html_lib.escape(_cell(v, currency if m else None))
-            + "</td>"
-            for v, m in zip(row, money, strict=True)
+            _td(_cell(v, currency if m else None), money=m) for v, m in zip(row, money, strict=True)
         )
         + "</tr>"
         for row in data.iter_rows()
@@ -250,11 +255,19 @@ def table(
     )
     cap = f"<caption>{html_lib.escape(caption)}</caption>" if caption else ""
     markup = (
-        f'<div id="{table_id}" class="ewb-table">{controls}'
+        _TABLE_STYLE + f'<div id="{table_id}" class="ewb-table">{controls}'
         f'<table class="dataframe">{cap}<thead><tr>{head}</tr></thead>'
         f"<tbody>{body}</tbody></table></div>"
     )
     return HTML(markup + _TABLE_SCRIPT % {"id": table_id, "size": page_size})
+
+
+def _td(text: str, *, money: bool) -> str:
+    import html as html_lib
+
+    kind = "ewb-money" if money else ("ewb-long" if len(text) > 60 else "")
+    opening = f'<td class="{kind}">' if kind else "<td>"
+    return opening + html_lib.escape(text) + "</td>"
 
 
 def _cell(value: Any, currency: str | None) -> str:

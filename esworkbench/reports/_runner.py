@@ -443,6 +443,13 @@ def _notebook_path(name: str | Path, notebooks_dir: str | Path | None = None) ->
     dirs = (
         [Path(notebooks_dir)] if notebooks_dir is not None else [Path("notebooks"), NOTEBOOKS_DIR]
     )
+    # A name is a file name inside the report directories: "../x" or "sub/x" would run a
+    # notebook from elsewhere (a path to an .ipynb file is the way to do that on purpose).
+    if candidate.name != str(name) or candidate.name in ("", ".", ".."):
+        raise ReportError(
+            f"report name {str(name)!r} is not a plain name: give the name of a notebook in "
+            f"{[str(d) for d in dirs]}, or the path of an .ipynb file"
+        )
     for directory in dirs:
         if (directory / f"{name}.ipynb").exists():
             return (directory / f"{name}.ipynb").resolve()

@@ -115,7 +115,7 @@ def balance_report(
     top_n: int | None = 10,
     since: datetime | str | None = None,
     until: datetime | str | None = None,
-    every: str = "1d",
+    every: str | None = None,
     value: str = "balance",
     recorded: str | None = "recorded_balance",
     on_error: OnError = "skip",
@@ -131,7 +131,8 @@ def balance_report(
         top_n: chart the N most active streams in the window (None: all).
         since: the window's start (business time, inclusive; ISO text or datetime; naive=UTC).
         until: the window's end (exclusive).
-        every: the resampling period, as Polars durations ("1h", "1d", "1w", "1mo").
+        every: the resampling period, as Polars durations ("1h", "1d", "1w", "1mo"); None
+            picks the finest of 1d, 1w, 1mo, 3mo, 1y whose periods fit the charts.
         value: the state field to chart (what the amounts add up to, for the bank).
         recorded: the state field holding what the writer's own statements said (the bank's
             recorded newBalance); when the aggregate has it, the totals show both. None: skip.
@@ -146,7 +147,8 @@ def balance_report(
     start, end = utc(since or None, "since"), utc(until or None, "until")
     if start is not None and end is not None and start >= end:
         raise ConfigError(f"since ({_iso(start)}) must be before until ({_iso(end)})")
-    _check_every(every)
+    if every is not None:
+        _check_every(every)
     filters = scope_filters(cls.stream_prefix, user_ids=user_ids, stream_prefix=stream_prefix)
     with opened(lake) as lake_:
         events, record = read_recorded(lake_, **filters)
@@ -160,6 +162,8 @@ def balance_report(
             f"{[c for c in full.columns if c not in events.columns]}"
         )
     charted = most_active(full, top_n, since=start, until=end)
+    if every is None:
+        every = _auto_every(full, start, end, streams=len(charted))
     periods_streams = most_active(
         full, max(top_n or 0, _heatmap_streams(full, every, start, end)), since=start, until=end
     )
@@ -540,6 +544,28 @@ def _bucket(every: str, since: datetime | None) -> pl.Expr:
     if since is not None:
         start = pl.max_horizontal(start, pl.lit(since, dtype=pl.Datetime("us", "UTC")))
     return start.alias("period_start")
+
+
+# Default resampling periods, finest first: a day as before, coarser as the span grows.
+_AUTO_EVERY = ("1d", "1w", "1mo", "3mo", "1y")
+
+
+def _auto_every(
+    timeline: pl.DataFrame, since: datetime | None, until: datetime | None, *, streams: int
+) -> str:
+    """The finest default period whose heatmap (charted streams x periods) fits its cells.
+
+    One day suits a few months of data; over about 500 days the heatmap of the charted streams
+    would exceed the charts' row limit, so the period grows with the span.
+    """
+    for every in _AUTO_EVERY:
+        try:
+            periods = _periods(timeline, every, since, until).height
+        except ConfigError:  # more periods than MAX_PERIODS: coarser
+            continue
+        if periods * max(streams, 1) <= HEATMAP_CELLS:
+            return every
+    return _AUTO_EVERY[-1]
 
 
 def _heatmap_streams(

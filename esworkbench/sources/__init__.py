@@ -34,6 +34,7 @@ __all__ = [
     "SourceBatch",
     "SupportsCancel",
     "SupportsHead",
+    "SupportsVerify",
     "concat_batches",
     "empty_raw_batch",
     "open_source",
@@ -88,6 +89,20 @@ class SupportsHead(Protocol):
 
     def head_position(self) -> int | None:
         """The commit position of the last event now, or None when unknown."""
+        ...
+
+
+@runtime_checkable
+class SupportsVerify(Protocol):
+    """A source that can say which event it holds at a commit position.
+
+    Before resuming, a sync asks it for the event its checkpoint follows: a store that was reset
+    or replaced at the same address no longer holds that event there, and resuming would skip
+    events and mix two stores.
+    """
+
+    def event_id_at(self, position: int) -> str | None:
+        """The id of the event at exactly this commit position, or None if there is none."""
         ...
 
 

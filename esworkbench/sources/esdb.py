@@ -63,6 +63,28 @@ __all__ = ["EsdbSource", "Reader"]
 Reader = Literal["fast", "plain"]
 
 _UNLIMITED = 2**63 - 1
+# esdbclient caps received messages at 17 MiB, and grpcio's default is 4 MiB, but one read
+# response carries one whole event, and a server accepts events up to its configured maximum
+# append size, which it does not report to clients. A reader that cannot receive an event the
+# server accepted could never sync past it, so the readers accept messages of any size (-1):
+# the limit is then whatever the server allowed the writer.
+_RECEIVE_LIMIT = "grpc.max_receive_message_length"
+
+
+def _receive_any_size(options: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    return (*(o for o in options if o[0] != _RECEIVE_LIMIT), (_RECEIVE_LIMIT, -1))
+
+
+class _Client(EventStoreDBClient):
+    """esdbclient's client whose channels receive messages of any size (see _RECEIVE_LIMIT)."""
+
+    def _construct_grpc_channel(
+        self, grpc_target: str, grpc_options: tuple[tuple[str, Any], ...] = ()
+    ) -> grpc.Channel:
+        self.grpc_options = _receive_any_size(self.grpc_options)
+        return super()._construct_grpc_channel(grpc_target, _receive_any_size(grpc_options))
+
+
 # An empty batch that only moves the checkpoint is sent at most this often (each is a commit).
 _CHECKPOINT_SECONDS = 1.0
 
@@ -158,9 +180,7 @@ class EsdbSource:
     def _connect(self) -> EventStoreDBClient:
         if self._client is None:
             try:
-                self._client = EventStoreDBClient(
-                    self.uri, root_certificates=self._root_certificates
-                )
+                self._client = _Client(self.uri, root_certificates=self._root_certificates)
             except (EventStoreDBClientException, ValueError) as e:
                 raise SourceError(
                     f"cannot connect to EventStoreDB at {self.masked_uri}: "
@@ -188,6 +208,27 @@ class EsdbSource:
             return int(self._connect().get_commit_position(filter_exclude=(), timeout=10))
         except EventStoreDBClientException as e:
             raise self._error("reading the head position", None, e) from None
+
+    def event_id_at(self, position: int) -> str | None:
+        """The id of the event at exactly this commit position in `$all`, or None.
+
+        Unfiltered (system events included): the position was the lake's, whatever the filter.
+
+        Example:
+            >>> EsdbSource(server.uri).event_id_at(1234)               # doctest: +SKIP
+            '5f0c2b1e-...'
+        """
+        try:
+            found = list(
+                self._connect().read_all(
+                    commit_position=position, limit=1, filter_exclude=(), timeout=10
+                )
+            )
+        except EventStoreDBClientException as e:
+            raise self._error("reading the event at the checkpoint", position, e) from None
+        if not found or found[0].commit_position != position:
+            return None
+        return str(found[0].id)
 
     def _error(self, doing: str, after: int | None, e: BaseException) -> SourceError:
         where = "the start" if after is None else f"position {after}"
@@ -296,7 +337,7 @@ class EsdbSource:
         client = self._connect()
         spec = client.connection_spec
         options: tuple[tuple[str, Any], ...] = (
-            *client.grpc_options,
+            *_receive_any_size(client.grpc_options),
             (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1),
         )
         if not self.accept_compression:

@@ -510,3 +510,11 @@ def test_a_sync_left_running_by_a_dead_process_is_marked(tmp_path: Path, make_ev
     with Lake(path) as lake:
         run = lake.read_sync_runs().row(0, named=True)
         assert run["outcome"] == "interrupted" and "killed" in run["error"]
+
+
+def test_a_file_that_is_not_a_lake_gets_no_lock_hint(tmp_path: Path) -> None:
+    path = tmp_path / "not-a-lake.duckdb"
+    path.write_bytes(b"not a DuckDB file " * 100)
+    with pytest.raises(LakeError, match="not a valid DuckDB database") as caught:
+        Lake(path)
+    assert "Another process" not in str(caught.value)

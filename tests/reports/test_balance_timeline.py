@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -213,3 +214,22 @@ def test_the_sample_reports_each_kind_it_holds_and_both_totals(tmp_path: Path) -
     assert last["total"] == states["balance"].sum()
     assert last["recorded_total"] == states["recorded_balance"].sum()
     assert last["drift_total"] == last["recorded_total"] - last["total"]
+
+
+def test_the_default_report_charts_two_years_of_data(tmp_path: Any) -> None:
+    from esworkbench import charts
+    from esworkbench.examples.bank.sample import generate
+    from esworkbench.lake import Lake, sync
+    from esworkbench.sources.files import TableSource
+
+    ledger = generate(users=60, seed=3, days=800).to_arrow()
+    with Lake(tmp_path / "lake.duckdb") as lake:
+        sync(TableSource(ledger, name="ledger"), lake)
+        report = tl.balance_report(lake, on_error="skip")
+    assert report.every == "1w"  # daily periods would not fit the heatmap
+    charts.balance_timeline(report.timeline)
+    charts.balance_small_multiples(report.timeline)
+    charts.balance_heatmap(report.periods)
+    charts.bank_total(report.totals)
+    short = tl.balance_report(lake.path, on_error="skip", until="2024-02-01")
+    assert short.every == "1d"

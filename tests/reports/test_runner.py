@@ -436,3 +436,15 @@ def test_the_page_shows_its_provenance_and_no_path_it_was_not_given(
     assert str(tmp_path) not in html
     assert str(tmp_path) not in result.manifest_path.read_text()
     assert result.manifest["lake"]["path"] == "lake.duckdb"
+
+
+@pytest.mark.parametrize("name", ["../outside", "sub/../../outside", "..", "nested/inside"])
+def test_a_report_name_cannot_reach_outside_the_report_directory(tmp_path: Path, name: str) -> None:
+    from esworkbench.reports._runner import _notebook_path
+
+    reports_dir = tmp_path / "notebooks"
+    (reports_dir / "nested").mkdir(parents=True)
+    for notebook in (tmp_path / "outside.ipynb", reports_dir / "nested" / "inside.ipynb"):
+        notebook.write_text("{}")
+    with pytest.raises(ReportError, match="not a plain name"):
+        _notebook_path(name, reports_dir)

@@ -7,6 +7,7 @@ ESWORKBENCH_ESDB_URI). Tests that kill or restart a server start their own dev s
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import shutil
 import signal
@@ -409,3 +410,98 @@ def test_a_server_killed_mid_sync_gives_a_clear_error_and_a_resumable_lake(
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- events as large as the server accepts ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_event_server() -> Any:
+    """A dev server that accepts 24 MiB appends, holding an 18 MiB event between two small."""
+    with devserver.start(max_append_size=24 << 20) as server:
+        client = EventStoreDBClient(server.uri)
+        try:
+            big = json.dumps({"blob": "x" * (18 << 20)}).encode()
+            for data in (b'{"i":1}', big, b'{"i":3}'):
+                client.append_to_stream(
+                    "big-1",
+                    current_version=StreamState.ANY,
+                    events=[NewEvent(type="Big", data=data, id=uuid.uuid4())],
+                )
+        finally:
+            client.close()
+        yield server
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_an_event_as_large_as_the_server_accepts_is_synced(
+    big_event_server: Any, lake: Lake, reader: str
+) -> None:
+    result = sync(EsdbSource(big_event_server.uri, reader=reader), lake, batch_size=2)
+    assert (result.outcome, result.events, result.rejected) == ("ok", 3, 0)
+    sizes = lake.read_events()["data"].str.len_bytes().to_list()
+    assert max(sizes) > 18 << 20
+
+
+# -- a different store at the same address ----------------------------------------------------
+
+
+def test_a_reset_store_at_the_same_address_stops_the_sync(tmp_path: Path) -> None:
+    port = _free_port()
+    with devserver.start(port=port) as server:
+        _append(server.uri, "tick-1", 20)
+        uri = server.uri
+        with Lake(tmp_path / "lake.duckdb") as lake:
+            first = sync(EsdbSource(uri), lake)
+            assert (first.outcome, first.events) == ("ok", 20)
+    with devserver.start(port=port) as server:  # restarted in memory, reseeded with others
+        _append(server.uri, "tock-1", 50)
+        with Lake(tmp_path / "lake.duckdb") as lake:
+            before = lake.read_events()
+            with pytest.raises(SourceError, match="the source changed") as caught:
+                sync(EsdbSource(uri), lake)
+            assert "new lake" in str(caught.value) and "run the sync again" not in str(
+                getattr(caught.value, "__notes__", "")
+            )
+            assert_frame_equal(lake.read_events(), before)
+            assert lake.read_sync_runs()["outcome"].to_list() == ["ok", "failed"]
+        with Lake(tmp_path / "new.duckdb") as fresh:
+            assert sync(EsdbSource(uri), fresh).events == 50
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_the_same_store_resumes_after_a_restart(tmp_path: Path, filtered: bool) -> None:
+    data = tmp_path / "data"
+    port = _free_port()
+    f = EventFilter(stream_prefix="tick-") if filtered else None
+    with devserver.start(port=port, data_dir=data) as server:
+        _append(server.uri, "tick-1", 20)
+        _append(server.uri, "other-1", 5)  # the filtered checkpoint passes these
+        with Lake(tmp_path / "lake.duckdb") as lake:
+            sync(EsdbSource(server.uri, filter=f), lake)
+    with devserver.start(port=port, data_dir=data) as server:  # the same log, reopened
+        _append(server.uri, "tick-1", 7)
+        with Lake(tmp_path / "lake.duckdb") as lake:
+            assert sync(EsdbSource(server.uri, filter=f), lake).events == 7
+
+
+def test_a_schema_version_1_lake_is_migrated_and_resumes(tmp_path: Path) -> None:
+    import duckdb
+
+    with devserver.start() as server:
+        _append(server.uri, "tick-1", 10)
+        path = tmp_path / "old.duckdb"
+        with Lake(path) as lake:
+            sync(EsdbSource(server.uri), lake)
+        con = duckdb.connect(str(path))  # as a version 1 lake was: no anchor, no _flags
+        for column in ("anchor_event_id", "anchor_position"):
+            con.execute(f"ALTER TABLE _checkpoints DROP COLUMN {column}")
+        con.execute("DROP TABLE _flags")
+        con.execute("UPDATE _lake_info SET value = '1' WHERE key = 'schema_version'")
+        con.close()
+        _append(server.uri, "tick-1", 3)
+        with Lake(path) as lake:
+            assert sync(EsdbSource(server.uri), lake).events == 3
+            cp = lake.read_checkpoints().row(0, named=True)
+            assert cp["anchor_event_id"] == lake.read_events()["event_id"][-1]
+            assert lake.summary().flags == {}
