@@ -13,8 +13,9 @@ stream of Arrow batches; every one takes the same filters (`EventFilter`). Writi
 `sync`, which drives a `LakeWriter` (one batch and its checkpoint per transaction).
 
 Inside: `_lake` (the `Lake` reader), `_writer` (run bookkeeping, batch + checkpoint
-transactions), `_sync` (the producer/consumer sync loop and its progress), `_ingest` (schema,
-decoding a raw batch into `events` / `_rejected` / `_flags`), `_payloads` (exact checks of
+transactions), `_sync` (the producer/consumer sync loop and its progress), `_schema` (tables,
+version, SQL helpers), `_ingest` (decoding a raw batch into `events` / `_rejected` / `_flags`),
+`_payloads` (exact checks of
 suspect payloads), `_views` (typed views), `_export` (filter SQL, Parquet and archive export),
 `_readmodels` (projections' read models, rows + checkpoint per transaction).
 

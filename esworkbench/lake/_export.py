@@ -14,7 +14,7 @@ import duckdb
 from esworkbench.errors import LakeError
 from esworkbench.events import ENVELOPE_SCHEMA
 from esworkbench.filters import SYSTEM_EVENT_TYPE_REGEX, EventFilter
-from esworkbench.lake._ingest import q
+from esworkbench.lake._schema import q
 
 __all__ = ["ENVELOPE_SELECT", "export_archive", "export_parquet", "where_sql"]
 

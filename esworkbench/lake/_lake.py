@@ -22,9 +22,9 @@ import pyarrow as pa
 from esworkbench.errors import LakeError
 from esworkbench.events import ENVELOPE_SCHEMA, OCCURRED_AT_KEY
 from esworkbench.filters import EventFilter
-from esworkbench.lake import _export, _ingest, _views
-from esworkbench.lake._ingest import q, rows
+from esworkbench.lake import _export, _schema, _views
 from esworkbench.lake._readmodels import ReadModelStore, read_model_schemas
+from esworkbench.lake._schema import q, rows
 from esworkbench.lake._writer import LakeWriter, read_checkpoint
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ class Lake:
         # UTC everywhere: `created` and `occurred_at` come back as UTC timestamps.
         q(self._con, "SET TimeZone = 'UTC'")
         if not read_only:
-            _ingest.create_schema(self._con)
+            _schema.create_schema(self._con)
             # A DuckDB file has one writer at a time, so a run still marked running is left over
             # from a process that died (kill -9, power loss): record that.
             q(

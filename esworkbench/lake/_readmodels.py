@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from esworkbench.errors import ConfigError, LakeError
 from esworkbench.lake import _views
-from esworkbench.lake._ingest import q, rows
+from esworkbench.lake._schema import q, rows
 
 __all__ = ["READ_MODEL_PREFIX", "ReadModelCheckpoint", "ReadModelStore", "read_model_schema"]
 

@@ -17,7 +17,8 @@ import pyarrow as pa
 from esworkbench.errors import LakeError
 from esworkbench.events import RAW_SCHEMA
 from esworkbench.lake import _ingest, _views
-from esworkbench.lake._ingest import IngestCounts, q, rows
+from esworkbench.lake._ingest import IngestCounts
+from esworkbench.lake._schema import q, rows
 from esworkbench.sources import SourceBatch
 
 __all__ = ["LakeWriter", "read_anchor", "read_checkpoint"]
