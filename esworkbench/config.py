@@ -70,7 +70,11 @@ def mask_uri(uri: str) -> str:
     user_start = prefix.end() if prefix else 0
     colon = uri.find(":", user_start, at)
     if colon < 0:
-        return uri  # only a user name before the '@'
+        # What looked like a scheme may be a user and its password ('a:/@host'): mask from
+        # the first ':' then. Only a string with no ':' before its '@' is left as it is.
+        colon = uri.find(":", 0, at)
+        if colon < 0:
+            return uri
     return f"{uri[:colon]}:***{uri[at:]}"
 
 

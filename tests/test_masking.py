@@ -76,6 +76,7 @@ def uris_with_passwords(
 @example(("kurrentdb://admin:changeit@localhost:2113", "changeit"))
 @example(("kurrentdb+discover://admin:changeit@db", "changeit"))
 @example(("admin:pa:/ss@localhost:2113", "pa:/ss"))
+@example(("a:/@localhost:2113", "/"))
 def test_mask_uri_never_shows_the_password(case: tuple[str, str]) -> None:
     uri, password = case
     masked = mask_uri(uri)
