@@ -10,6 +10,13 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# In CI the property tests draw the same examples every run (a failure there is reproducible,
+# never a coin toss); run locally, they explore new examples each time.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
