@@ -6,7 +6,8 @@ the findings, and `esworkbench.fold.batches` for the batching of whole streams (
 or in forked workers) that other stages reuse.
 
 Inside: `_replay` (the public calls), `_engine` (one batch of whole streams in, Arrow out),
-`batches` (planning and running batches of whole streams).
+`batches` (planning and running batches of whole streams), `_dask` (replay on a Dask cluster:
+one task per hash partition of whole streams, results as Parquet; imported only when used).
 
 Example:
     >>> from esworkbench.fold import resolve_aggregate
@@ -17,6 +18,7 @@ Example:
 from esworkbench.fold._replay import (
     FINDINGS_COLUMNS,
     AggregateSpec,
+    Engine,
     OnError,
     Replay,
     replay,
@@ -29,6 +31,7 @@ from esworkbench.fold._replay import (
 __all__ = [
     "FINDINGS_COLUMNS",
     "AggregateSpec",
+    "Engine",
     "OnError",
     "Replay",
     "replay",

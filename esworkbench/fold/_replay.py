@@ -37,10 +37,9 @@ or an event the lake rejected at ingest, with the lake's reason).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,27 +49,33 @@ import pyarrow as pa
 
 from esworkbench.aggregates import AggregateRoot
 from esworkbench.errors import ConfigError, FoldError
+from esworkbench.filters import EventFilter
 from esworkbench.findings import FINDINGS_SCHEMA
-from esworkbench.fold import _engine as engine
+from esworkbench.fold import _engine as core
 from esworkbench.fold.batches import Job, plan_batches, run_batches
 from esworkbench.lake import opened
 
 if TYPE_CHECKING:
+    from distributed import Client
     from typing_extensions import Unpack
 
     from esworkbench.filters import FilterOptions
     from esworkbench.lake import Lake
 
 OnError = Literal["stop", "skip"]
+Engine = Literal["local", "dask"]
 AggregateSpec = type[AggregateRoot] | str
 
 FINDINGS_COLUMNS = tuple(FINDINGS_SCHEMA.names)
 _DEFAULT_BATCH = 50_000
 
 
-@dataclasses.dataclass(frozen=True)
 class Replay:
     """The result of a replay: the state timeline and the findings.
+
+    A replay on Dask leaves its results in Parquet files: ``timeline`` and ``findings`` are
+    then read from them on first use, and ``scan_timeline()`` / ``scan_findings()`` query them
+    lazily without loading them whole (for results larger than memory).
 
     Attributes:
         timeline: one row per event replayed (see on_error), ordered by commit_position.
@@ -84,10 +89,44 @@ class Replay:
         >>> result.states().select("stream_name", "balance")  # doctest: +SKIP
     """
 
-    timeline: pl.DataFrame
-    findings: pl.DataFrame
-    aggregate: type[AggregateRoot]
-    events_read: int
+    __slots__ = ("_findings", "_timeline", "aggregate", "events_read")
+
+    def __init__(
+        self,
+        timeline: pl.DataFrame | pl.LazyFrame,
+        findings: pl.DataFrame | pl.LazyFrame,
+        aggregate: type[AggregateRoot],
+        events_read: int,
+    ) -> None:
+        self._timeline = timeline
+        self._findings = findings
+        self.aggregate = aggregate
+        self.events_read = events_read
+
+    def __repr__(self) -> str:
+        return f"Replay(aggregate={self.aggregate.__qualname__}, events_read={self.events_read:,})"
+
+    @property
+    def timeline(self) -> pl.DataFrame:
+        """One row per event replayed, ordered by commit_position (see the module docstring)."""
+        if isinstance(self._timeline, pl.LazyFrame):
+            self._timeline = self._timeline.collect()
+        return self._timeline
+
+    @property
+    def findings(self) -> pl.DataFrame:
+        """One row per problem met, pinned to its event, ordered by commit_position."""
+        if isinstance(self._findings, pl.LazyFrame):
+            self._findings = self._findings.collect()
+        return self._findings
+
+    def scan_timeline(self) -> pl.LazyFrame:
+        """The timeline as a LazyFrame (over the result files of a replay on Dask)."""
+        return self._timeline.lazy()
+
+    def scan_findings(self) -> pl.LazyFrame:
+        """The findings as a LazyFrame (over the result files of a replay on Dask)."""
+        return self._findings.lazy()
 
     def states(self) -> pl.DataFrame:
         """One row per stream: its state after its last applied event, and its finding count.
@@ -98,9 +137,7 @@ class Replay:
         Example:
             >>> result.states()  # doctest: +SKIP
         """
-        last = (
-            self.timeline.drop(engine.CHANGED).group_by("stream_name", maintain_order=True).last()
-        )
+        last = self.timeline.drop(core.CHANGED).group_by("stream_name", maintain_order=True).last()
         counts = self.findings.group_by("stream_name").agg(
             pl.len().cast(pl.UInt32).alias("findings")
         )
@@ -167,6 +204,11 @@ def replay(
     on_error: OnError = "skip",
     progress: bool = False,
     batch_size: int = _DEFAULT_BATCH,
+    engine: Engine = "local",
+    scheduler: str | Client | None = None,
+    partitions: int = 16,
+    workdir: str | Path | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Replay:
     """Replay the lake's events through `aggregate`, one fresh instance per stream.
 
@@ -181,10 +223,22 @@ def replay(
         workers: processes to fold in, streams partitioned between them (fork; Linux and
             macOS). On 1M bank events 2 workers gave 1.7x on two idle cores but lost to one
             when other work held the cores (bench/fold.py), hence the default of 1.
+            ``engine="local"`` only: on Dask the cluster's workers fold.
         on_error: after a finding, "skip" the event and go on (default), or "stop" that
             stream there.
         progress: show a tqdm progress bar (terminal or notebook).
         batch_size: events per batch of whole streams; bounds the Python objects alive.
+        engine: "local" (this machine) or "dask": the lake is exported as `partitions` hash
+            partitions of whole streams into `workdir`, one Dask task folds each with the same
+            engine and writes its results as Parquet, and the result reads those files lazily
+            (needs ``pip install 'esworkbench[dask]'``).
+        scheduler: with engine="dask": a scheduler address ("tcp://host:8786"), a
+            ``distributed.Client``, or None for a LocalCluster on this machine for the call.
+        partitions: with engine="dask": the number of hash partitions (tasks).
+        workdir: with engine="dask": a directory or fsspec URL that the workers can reach
+            (default: ``<lake file>.dask/`` beside the lake); partitions go in
+            ``partitions/``, results in ``replays/<run>/``.
+        storage_options: with engine="dask": fsspec options for `workdir` (credentials).
 
     Returns:
         The timeline and the findings (see the module docstring for their columns).
@@ -196,9 +250,32 @@ def replay(
     """
     cls = resolve_aggregate(aggregate)
     _check_options(workers=workers, on_error=on_error, batch_size=batch_size)
+    if engine == "dask":
+        if workers != 1:
+            raise ConfigError(
+                f"workers={workers} is for engine='local'; on Dask the cluster's workers fold "
+                "(start the cluster with the workers you want)"
+            )
+        from esworkbench.fold import _dask
+
+        return _dask.replay_on_dask(
+            lake,
+            cls,
+            scope=_scope(cls, streams=streams, stream_prefix=stream_prefix),
+            as_of=as_of,
+            on_error=on_error,
+            progress=progress,
+            batch_size=batch_size,
+            scheduler=scheduler,
+            partitions=partitions,
+            workdir=workdir,
+            storage_options=storage_options,
+        )
+    if engine != "local":
+        raise ConfigError(f"engine={engine!r}; valid: ['dask', 'local']")
     cut = _cut(as_of)
     with opened(lake) as lake_:
-        read = _read(lake_, cls, streams=streams, stream_prefix=stream_prefix)
+        read = _read(lake_, _scope(cls, streams=streams, stream_prefix=stream_prefix))
     events = read if cut is None else read.filter(cut)
     return replay_frame(
         events, cls, workers=workers, on_error=on_error, progress=progress, batch_size=batch_size
@@ -229,13 +306,39 @@ def replay_frame(
     frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
     if not isinstance(frame, pl.DataFrame):
         raise FoldError("events must be a table, not a single column")
-    missing = [c for c in engine.INPUT_COLUMNS if c not in frame.columns]
+    with _progress(progress, frame.height, cls) as bar:
+        timeline, findings = fold_frame(
+            frame,
+            cls,
+            workers=workers,
+            on_error=on_error,
+            batch_size=batch_size,
+            advance=bar.update,
+        )
+    return Replay(timeline=timeline, findings=findings, aggregate=cls, events_read=frame.height)
+
+
+def fold_frame(
+    frame: pl.DataFrame,
+    cls: type[AggregateRoot],
+    *,
+    workers: int,
+    on_error: OnError,
+    batch_size: int,
+    advance: Callable[[int], None],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The timeline and findings of the events in `frame`: the fold every engine runs.
+
+    A Dask task calls this on its partition, so a distributed replay folds each stream exactly
+    as this process would. `advance` gets each finished batch's event count.
+    """
+    missing = [c for c in core.INPUT_COLUMNS if c not in frame.columns]
     if missing:
         raise FoldError(
             f"events frame lacks column(s) {missing}; pass the lake's envelope "
             "columns (lake.read_events() returns them)"
         )
-    columns = [*engine.INPUT_COLUMNS, *([engine.REJECTED] if engine.REJECTED in frame else [])]
+    columns = [*core.INPUT_COLUMNS, *([core.REJECTED] if core.REJECTED in frame else [])]
     frame = frame.select(columns).with_columns(
         pl.col("stream_revision", "commit_position").cast(pl.UInt64)
     )
@@ -245,19 +348,12 @@ def replay_frame(
         table=frame.to_arrow(),
         order=frame.select(pl.arg_sort_by(keys)).to_series().to_arrow(),
         batches=plan_batches(sizes, batch_size),
-        work=functools.partial(engine.fold_batch, cls=cls, on_error=on_error),
+        work=functools.partial(core.fold_batch, cls=cls, on_error=on_error),
     )
-    with _progress(progress, frame.height, cls) as bar:
-        results = [
-            engine.BatchResult(*tables)
-            for tables in run_batches(job, workers=workers, advance=bar.update)
-        ]
-    return Replay(
-        timeline=_timeline(results, cls),
-        findings=_findings(results),
-        aggregate=cls,
-        events_read=frame.height,
-    )
+    results = [
+        core.BatchResult(*tables) for tables in run_batches(job, workers=workers, advance=advance)
+    ]
+    return _timeline(results, cls), _findings(results)
 
 
 def state_as_of(
@@ -309,28 +405,33 @@ def state_as_of(
 # --- reading -------------------------------------------------------------------------------
 
 
-def _read(
-    lake: Lake,
-    cls: type[AggregateRoot],
-    *,
-    streams: Iterable[str] | None,
-    stream_prefix: str | None,
-) -> pl.DataFrame:
-    """The events in scope, plus the rejected ones (``rejected`` = the lake's reason).
-
-    Events the lake rejected at ingest (not JSON, binary) still happened in their stream: they
-    come along as rows the fold reports as decode_error, instead of leaving a silent gap.
-    """
-    scope: FilterOptions
+def _scope(
+    cls: type[AggregateRoot], *, streams: Iterable[str] | None, stream_prefix: str | None
+) -> EventFilter:
+    """The events a replay reads: the given streams or prefix, else the aggregate's category."""
     if streams is None and stream_prefix is None:
-        scope = {"category": cls.stream_prefix}
-    else:
-        scope = {
-            "streams": None if streams is None else list(streams),
-            "stream_prefix": stream_prefix,
-        }
-    events = lake.scan_events(**scope).select(engine.INPUT_COLUMNS).collect()
-    return with_rejected(lake, events, **scope)
+        return EventFilter.of(category=cls.stream_prefix)
+    return EventFilter.of(
+        streams=None if streams is None else list(streams), stream_prefix=stream_prefix
+    )
+
+
+def _read(lake: Lake, scope: EventFilter) -> pl.DataFrame:
+    """The events in scope, plus the rejected ones (``rejected`` = the lake's reason)."""
+    options = _options(scope)
+    events = lake.scan_events(**options).select(core.INPUT_COLUMNS).collect()
+    return with_rejected(lake, events, **options)
+
+
+def _options(scope: EventFilter) -> FilterOptions:
+    options: FilterOptions = {}
+    if scope.category is not None:
+        options["category"] = scope.category
+    if scope.streams is not None:
+        options["streams"] = list(scope.streams)
+    if scope.stream_prefix is not None:
+        options["stream_prefix"] = scope.stream_prefix
+    return options
 
 
 def with_rejected(
@@ -347,7 +448,15 @@ def with_rejected(
         >>> both = with_rejected(lake, events, category="user")          # doctest: +SKIP
     """
     # The lake's own filtering picks the rejected events in scope, as it picks the events.
-    rejected = lake.read_rejected(**filters)
+    return merge_rejected(events, lake.read_rejected(**filters))
+
+
+def merge_rejected(events: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFrame:
+    """`events` plus `rejected` (``Lake.read_rejected`` rows, in its order) as fold input rows.
+
+    The rows get ``rejected`` = the lake's reason and no payload; a rejected copy of a
+    revision `events` holds is dropped, and of several rejected copies the first is kept.
+    """
     if rejected.height == 0:
         return events
     rejected = (
@@ -363,7 +472,7 @@ def with_rejected(
                 pl.col("occurred_at").cast(events.schema["occurred_at"]),
                 pl.lit(None, pl.String).alias("data"),
                 pl.lit(None, pl.String).alias("metadata"),
-                pl.col("reason").cast(pl.String).alias(engine.REJECTED),
+                pl.col("reason").cast(pl.String).alias(core.REJECTED),
             ]
         )
         # A rejected copy of a revision the lake does hold (a duplicate id) is not history.
@@ -376,7 +485,7 @@ def with_rejected(
     )
     if rejected.height == 0:
         return events
-    events = events.with_columns(pl.lit(None, pl.String).alias(engine.REJECTED))
+    events = events.with_columns(pl.lit(None, pl.String).alias(core.REJECTED))
     rejected = rejected.select(
         [pl.col(c) if c in rejected.columns else pl.lit(None).alias(c) for c in events.columns]
     )
@@ -429,12 +538,12 @@ def _progress(enabled: bool, total: int, cls: type[AggregateRoot]) -> Any:
 # --- assembling ----------------------------------------------------------------------------
 
 
-def _timeline(results: list[engine.BatchResult], cls: type[AggregateRoot]) -> pl.DataFrame:
+def _timeline(results: list[core.BatchResult], cls: type[AggregateRoot]) -> pl.DataFrame:
     # A batch without rows has no state columns to offer; a fresh aggregate names them.
     tables = [r.timeline for r in results if r.timeline.num_rows]
     if not tables:
         tables = [_empty_timeline(cls)]
-    frame = pl.from_arrow(engine.unify(tables))
+    frame = pl.from_arrow(core.unify(tables))
     assert isinstance(frame, pl.DataFrame)
     return frame.sort("commit_position", maintain_order=True)
 
@@ -457,11 +566,11 @@ def _empty_timeline(cls: type[AggregateRoot]) -> pa.Table:
         # A fresh aggregate is only a hint for the column names of an empty result.
         fields = []
     for name in fields:
-        envelope = envelope.append(pa.field(engine.state_column_name(name), pa.null()))
-    return envelope.append(pa.field(engine.CHANGED, pa.list_(pa.string()))).empty_table()
+        envelope = envelope.append(pa.field(core.state_column_name(name), pa.null()))
+    return envelope.append(pa.field(core.CHANGED, pa.list_(pa.string()))).empty_table()
 
 
-def _findings(results: list[engine.BatchResult]) -> pl.DataFrame:
+def _findings(results: list[core.BatchResult]) -> pl.DataFrame:
     table = pa.concat_tables([r.findings for r in results] or [FINDINGS_SCHEMA.empty_table()])
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
