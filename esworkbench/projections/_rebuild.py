@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -42,6 +42,9 @@ from esworkbench.projections._definition import (
     Row,
     resolve_projection,
 )
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "Estimate", "RebuildResult", "estimate_rebuild", "rebuild"]
 
@@ -170,6 +173,11 @@ def rebuild(
     resume: bool = True,
     estimate: bool = False,
     progress: bool = False,
+    engine: Literal["local", "dask"] = "local",
+    scheduler: str | Client | None = None,
+    partitions: int = 16,
+    workdir: str | Path | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> RebuildResult:
     """Rebuild a projection's read model from the lake into ``rm_<name>_v<version>``.
 
@@ -186,6 +194,16 @@ def rebuild(
         estimate: estimate the time first from a sampled prefix (shown on the progress bar,
             kept in the result).
         progress: show a tqdm progress bar with an ETA (terminal or notebook).
+        engine: "local" (this machine) or "dask": for Python projections keyed by stream, one
+            Dask task per hash partition of whole streams builds its keys' rows, and the rows
+            and checkpoint are committed together (from scratch; `resume` does not apply).
+            Needs ``pip install 'esworkbench[dask]'``; see ``replay`` for the rest.
+        scheduler: with engine="dask": a scheduler address, a ``distributed.Client``, or None
+            for a LocalCluster on this machine for the call.
+        partitions: with engine="dask": the number of hash partitions (tasks).
+        workdir: with engine="dask": a directory or fsspec URL the workers reach (default:
+            ``<lake file>.dask/`` beside the lake).
+        storage_options: with engine="dask": fsspec options for `workdir` (credentials).
 
     Returns:
         Timings, rows and findings (see `RebuildResult`).
@@ -198,6 +216,12 @@ def rebuild(
     """
     spec = resolve_projection(projection)
     _check(chunk_size=chunk_size, workers=workers)
+    if engine not in ("local", "dask"):
+        raise ConfigError(f"engine={engine!r}; valid: ['dask', 'local']")
+    if engine == "dask" and workers != 1:
+        raise ConfigError(
+            f"workers={workers} is for engine='local'; on Dask the cluster's workers rebuild"
+        )
     with _writable(lake) as lake_:
         first, last = pin_window(lake_, first_position, last_position)
         guess = (
@@ -205,6 +229,21 @@ def rebuild(
             if estimate
             else None
         )
+        if engine == "dask":
+            from esworkbench.projections import _dask
+
+            return _dask.rebuild_on_dask(
+                lake_,
+                spec,
+                first,
+                last,
+                scheduler=scheduler,
+                partitions=partitions,
+                workdir=workdir,
+                storage_options=storage_options,
+                progress=progress,
+                guess=guess,
+            )
         if spec.kind == "sql":
             return _rebuild_sql(lake_, spec, first, last, guess)
         return _rebuild_python(
