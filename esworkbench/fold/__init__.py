@@ -5,7 +5,8 @@ production uses, unchanged. See `esworkbench.fold._replay` for the columns of th
 the findings, and `esworkbench.fold.batches` for the batching of whole streams (in this process
 or in forked workers) that other stages reuse.
 
-Inside: `_replay` (the public calls), `_engine` (one batch of whole streams in, Arrow out),
+Inside: `_replay` (the public calls), `_frames` (the fold of a frame and its `Replay`, what
+every engine runs), `_engine` (one batch of whole streams in, Arrow out),
 `batches` (planning and running batches of whole streams), `_dask` (replay on a Dask cluster:
 one task per hash partition of whole streams, results as Parquet; imported only when used).
 
@@ -15,12 +16,12 @@ Example:
     'user'
 """
 
+from esworkbench.fold._frames import Replay
 from esworkbench.fold._replay import (
     FINDINGS_COLUMNS,
     AggregateSpec,
     Engine,
     OnError,
-    Replay,
     replay,
     replay_frame,
     resolve_aggregate,

@@ -42,7 +42,7 @@ from esworkbench.errors import ConfigError
 from esworkbench.filters import EventFilter
 from esworkbench.findings import FINDINGS_SCHEMA
 from esworkbench.fold import _engine as core
-from esworkbench.fold import _replay
+from esworkbench.fold import _frames as frames
 from esworkbench.lake import (
     Lake,
     PartitionManifest,
@@ -243,10 +243,10 @@ def replay_on_dask(
     workdir: str | Path | None,
     storage_options: dict[str, Any] | None,
     retries: int = DEFAULT_RETRIES,
-) -> _replay.Replay:
+) -> frames.Replay:
     """Replay on Dask (see the module docstring); the same rows as a single-process replay."""
     require_distributed()
-    _replay._cut(as_of)  # a bad as_of fails here, before any work is sent out
+    frames.cut(as_of)  # a bad as_of fails here, before any work is sent out
     with opened(lake) as lake_:
         root = workdir_of(lake_, workdir)
         manifest = export_for_dask(
@@ -278,15 +278,15 @@ def replay_on_dask(
     if timelines:
         timeline = scan_unified(timelines, storage_options)
     else:
-        empty = pl.from_arrow(_replay._empty_timeline(cls))
+        empty = pl.from_arrow(frames.empty_timeline(cls))
         assert isinstance(empty, pl.DataFrame)
         timeline = empty.lazy()
     found = (
         scan_unified(findings, storage_options, schema=FINDINGS_SCHEMA)
         if findings
-        else _replay._findings([]).lazy()
+        else frames.findings_frame([]).lazy()
     )
-    return _replay.Replay(
+    return frames.Replay(
         # Within a partition rows are in a single-process replay's order; across partitions,
         # its order is commit position, then stream (batches run in stream order).
         timeline=timeline.sort(sort, maintain_order=True),
@@ -311,10 +311,10 @@ def fold_partition(
 ) -> PartResult:
     """The Dask task: fold one partition's streams in scope, write timeline and findings."""
     events = scoped_events(path, scope, storage_options)
-    cut = _replay._cut(as_of)
+    cut = frames.cut(as_of)
     if cut is not None:
         events = events.filter(cut)
-    timeline, findings = _replay.fold_frame(
+    timeline, findings = frames.fold_frame(
         events,
         cls,
         workers=1,
@@ -346,7 +346,7 @@ def scoped_events(
     refused = frame.filter(rejected.is_not_null()).rename({core.REJECTED: "reason"})
     # The lake lists rejected events by (position, id); merge_rejected keeps its first copy.
     refused = refused.sort("commit_position", "event_id", maintain_order=True)
-    return _replay.merge_rejected(events, refused)
+    return frames.merge_rejected(events, refused)
 
 
 def scan_unified(

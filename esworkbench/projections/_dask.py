@@ -37,11 +37,11 @@ from esworkbench.fold._dask import (
 from esworkbench.lake import Lake, filesystem_for, read_partition, write_parquet
 from esworkbench.projections import _engine as engine
 from esworkbench.projections._definition import Projection, ProjectionSpec, Row
+from esworkbench.projections._result import Estimate, RebuildResult, findings_frame, per_type
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from esworkbench.projections._rebuild import Estimate, RebuildResult
 
 __all__ = ["rebuild_on_dask", "rebuild_partition"]
 
@@ -64,8 +64,6 @@ def rebuild_on_dask(
     retries: int = DEFAULT_RETRIES,
 ) -> RebuildResult:
     """Rebuild `spec` over [first, last] on Dask (see the module docstring)."""
-    from esworkbench.projections import _rebuild
-
     cls = spec.cls
     if not issubclass(cls, Projection) or spec.partition != "stream":
         raise ConfigError(
@@ -107,7 +105,7 @@ def rebuild_on_dask(
             slot = timings.setdefault(event_type, [0, 0.0])
             slot[0] += n
             slot[1] += seconds
-    return _rebuild.RebuildResult(
+    return RebuildResult(
         projection=spec.path,
         schema=spec.schema_name,
         kind="python",
@@ -117,8 +115,8 @@ def rebuild_on_dask(
         rows=rows.num_rows,
         rows_written=rows.num_rows,
         seconds=time.perf_counter() - started,
-        per_type=_rebuild._per_type(timings),
-        findings=_rebuild._findings([findings]),
+        per_type=per_type(timings),
+        findings=findings_frame([findings]),
         resumed_from=None,
         chunks=1,
         workers=workers,
