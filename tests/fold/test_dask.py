@@ -176,3 +176,22 @@ def test_options_that_do_not_apply_on_dask_are_refused(lake_path: Path) -> None:
         replay(lake_path, BANK, engine="dask", workers=2)
     with pytest.raises(ConfigError, match="engine='spark'"):
         replay(lake_path, BANK, engine="spark")  # type: ignore[arg-type]
+
+
+def test_one_progress_bar_follows_every_worker(
+    dask_client: Any, lake_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    replay(
+        lake_path,
+        BANK,
+        engine="dask",
+        scheduler=dask_client,
+        partitions=4,
+        workdir=tmp_path,
+        progress=True,
+        batch_size=50,
+    )
+    err = capsys.readouterr().err
+    # One bar for all the workers' tasks, ending full.
+    assert err.count("\n") == 1
+    assert "100%" in err.rsplit("\r", 1)[-1]
