@@ -328,6 +328,31 @@ def _position_or_time(value: str | None) -> int | datetime | None:
     default=None,
     help="Write the state timeline as Parquet here (findings beside it).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "dask"]),
+    default="local",
+    show_default=True,
+    help="Fold on this machine, or on a Dask cluster (pip install 'esworkbench[dask]').",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDR",
+    help="--engine dask: the scheduler's address (tcp://host:8786); default: a local cluster.",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(min=1, max=65_536),
+    default=16,
+    show_default=True,
+    help="--engine dask: hash partitions of whole streams, one task each.",
+)
+@click.option(
+    "--workdir",
+    default=None,
+    help="--engine dask: a directory or fsspec URL the workers reach (default: beside the lake).",
+)
 @_clean_errors
 def fold(
     lake: Path,
@@ -338,8 +363,14 @@ def fold(
     workers: int,
     on_error: Literal["stop", "skip"],
     out: Path | None,
+    engine: Literal["local", "dask"],
+    scheduler: str | None,
+    partitions: int,
+    workdir: str | None,
 ) -> None:
     """Replay the lake through a production aggregate: state after every event, and findings."""
+    import polars as pl
+
     from esworkbench.fold import replay
 
     result = replay(
@@ -351,20 +382,27 @@ def fold(
         workers=workers,
         on_error=on_error,
         progress=True,
+        engine=engine,
+        scheduler=scheduler,
+        partitions=partitions,
+        workdir=workdir,
     )
-    timeline, findings = result.timeline, result.findings
-    streams_seen = timeline["stream_name"].n_unique() if timeline.height else 0
+    # Counted and written through scans: a replay on Dask need not fit in this process.
+    events, streams_seen = (
+        result.scan_timeline().select(pl.len(), pl.col("stream_name").n_unique()).collect().row(0)
+    )
+    kinds = result.scan_findings().group_by("kind").len().sort("kind").collect()
     click.echo(
-        f"replayed {timeline.height:,} events of {streams_seen:,} streams through "
-        f"{aggregate}: {findings.height:,} findings"
+        f"replayed {events:,} events of {streams_seen:,} streams through "
+        f"{aggregate}: {int(kinds['len'].sum()):,} findings"
     )
-    for kind, count in findings.group_by("kind").len().sort("kind").iter_rows():
+    for kind, count in kinds.iter_rows():
         click.echo(f"  {kind}: {count:,}")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         findings_path = out.with_name(out.stem + ".findings.parquet")
-        timeline.write_parquet(out)
-        findings.write_parquet(findings_path)
+        result.scan_timeline().sink_parquet(out)
+        result.scan_findings().sink_parquet(findings_path)
         click.echo(f"wrote {out} and {findings_path}")
 
 

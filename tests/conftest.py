@@ -95,3 +95,23 @@ def make_event():  # type: ignore[no-untyped-def]
         }
 
     return build
+
+
+# -- Dask (tests/fold/test_dask.py, tests/projections/test_dask.py) ----------------------------
+
+
+@pytest.fixture(scope="session")
+def dask_client():  # type: ignore[no-untyped-def]
+    """A client of a real LocalCluster: two worker processes under nannies, one thread each."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            processes=True,
+            threads_per_worker=1,
+            dashboard_address=None,
+            silence_logs=40,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client

@@ -41,6 +41,8 @@ def test_readme_python_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert run.timeline.height == len(lines)  # type: ignore[attr-defined]
     assert "decode_error" in set(run.findings["kind"])  # type: ignore[attr-defined]
     assert scope["deposits"].height == readable_deposits  # type: ignore[attr-defined]
+    # The Dask snippet folds the same rows on a local cluster.
+    assert scope["on_dask"].timeline.equals(run.timeline)  # type: ignore[attr-defined]
 
 
 def _is_json(text: str) -> bool:

@@ -5,8 +5,10 @@ production uses, unchanged. See `esworkbench.fold._replay` for the columns of th
 the findings, and `esworkbench.fold.batches` for the batching of whole streams (in this process
 or in forked workers) that other stages reuse.
 
-Inside: `_replay` (the public calls), `_engine` (one batch of whole streams in, Arrow out),
-`batches` (planning and running batches of whole streams).
+Inside: `_replay` (the public calls), `_frames` (the fold of a frame and its `Replay`, what
+every engine runs), `_engine` (one batch of whole streams in, Arrow out),
+`batches` (planning and running batches of whole streams), `_dask` (replay on a Dask cluster:
+one task per hash partition of whole streams, results as Parquet; imported only when used).
 
 Example:
     >>> from esworkbench.fold import resolve_aggregate
@@ -14,11 +16,12 @@ Example:
     'user'
 """
 
+from esworkbench.fold._frames import Replay
 from esworkbench.fold._replay import (
     FINDINGS_COLUMNS,
     AggregateSpec,
+    Engine,
     OnError,
-    Replay,
     replay,
     replay_frame,
     resolve_aggregate,
@@ -29,6 +32,7 @@ from esworkbench.fold._replay import (
 __all__ = [
     "FINDINGS_COLUMNS",
     "AggregateSpec",
+    "Engine",
     "OnError",
     "Replay",
     "replay",

@@ -37,11 +37,9 @@ or an event the lake rejected at ingest, with the lake's reason).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import importlib
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,65 +48,26 @@ import pyarrow as pa
 
 from esworkbench.aggregates import AggregateRoot
 from esworkbench.errors import ConfigError, FoldError
+from esworkbench.filters import EventFilter
 from esworkbench.findings import FINDINGS_SCHEMA
-from esworkbench.fold import _engine as engine
-from esworkbench.fold.batches import Job, plan_batches, run_batches
+from esworkbench.fold import _engine as core
+from esworkbench.fold import _frames as frames
+from esworkbench.fold._frames import Replay
 from esworkbench.lake import opened
 
 if TYPE_CHECKING:
+    from distributed import Client
     from typing_extensions import Unpack
 
     from esworkbench.filters import FilterOptions
     from esworkbench.lake import Lake
 
 OnError = Literal["stop", "skip"]
+Engine = Literal["local", "dask"]
 AggregateSpec = type[AggregateRoot] | str
 
 FINDINGS_COLUMNS = tuple(FINDINGS_SCHEMA.names)
 _DEFAULT_BATCH = 50_000
-
-
-@dataclasses.dataclass(frozen=True)
-class Replay:
-    """The result of a replay: the state timeline and the findings.
-
-    Attributes:
-        timeline: one row per event replayed (see on_error), ordered by commit_position.
-        findings: one row per problem met, pinned to its event, same order.
-        aggregate: the aggregate class the events went through.
-        events_read: events read from the lake (applied, refused, or left after a stop).
-
-    Example:
-        >>> result = replay("data/lake/workbench.duckdb", "esworkbench.examples.bank:User")
-        ... # doctest: +SKIP
-        >>> result.states().select("stream_name", "balance")  # doctest: +SKIP
-    """
-
-    timeline: pl.DataFrame
-    findings: pl.DataFrame
-    aggregate: type[AggregateRoot]
-    events_read: int
-
-    def states(self) -> pl.DataFrame:
-        """One row per stream: its state after its last applied event, and its finding count.
-
-        A stream whose every event was refused still gets a row (null state), so nothing the
-        replay read disappears from view.
-
-        Example:
-            >>> result.states()  # doctest: +SKIP
-        """
-        last = (
-            self.timeline.drop(engine.CHANGED).group_by("stream_name", maintain_order=True).last()
-        )
-        counts = self.findings.group_by("stream_name").agg(
-            pl.len().cast(pl.UInt32).alias("findings")
-        )
-        return (
-            last.join(counts, on="stream_name", how="full", coalesce=True)
-            .with_columns(pl.col("findings").fill_null(0))
-            .sort("stream_name")
-        )
 
 
 def resolve_aggregate(aggregate: AggregateSpec) -> type[AggregateRoot]:
@@ -167,6 +126,11 @@ def replay(
     on_error: OnError = "skip",
     progress: bool = False,
     batch_size: int = _DEFAULT_BATCH,
+    engine: Engine = "local",
+    scheduler: str | Client | None = None,
+    partitions: int = 16,
+    workdir: str | Path | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Replay:
     """Replay the lake's events through `aggregate`, one fresh instance per stream.
 
@@ -181,10 +145,22 @@ def replay(
         workers: processes to fold in, streams partitioned between them (fork; Linux and
             macOS). On 1M bank events 2 workers gave 1.7x on two idle cores but lost to one
             when other work held the cores (bench/fold.py), hence the default of 1.
+            ``engine="local"`` only: on Dask the cluster's workers fold.
         on_error: after a finding, "skip" the event and go on (default), or "stop" that
             stream there.
         progress: show a tqdm progress bar (terminal or notebook).
         batch_size: events per batch of whole streams; bounds the Python objects alive.
+        engine: "local" (this machine) or "dask": the lake is exported as `partitions` hash
+            partitions of whole streams into `workdir`, one Dask task folds each with the same
+            engine and writes its results as Parquet, and the result reads those files lazily
+            (needs ``pip install 'esworkbench[dask]'``).
+        scheduler: with engine="dask": a scheduler address ("tcp://host:8786"), a
+            ``distributed.Client``, or None for a LocalCluster on this machine for the call.
+        partitions: with engine="dask": the number of hash partitions (tasks).
+        workdir: with engine="dask": a directory or fsspec URL that the workers can reach
+            (default: ``<lake file>.dask/`` beside the lake); partitions go in
+            ``partitions/``, results in ``replays/<run>/``.
+        storage_options: with engine="dask": fsspec options for `workdir` (credentials).
 
     Returns:
         The timeline and the findings (see the module docstring for their columns).
@@ -196,9 +172,32 @@ def replay(
     """
     cls = resolve_aggregate(aggregate)
     _check_options(workers=workers, on_error=on_error, batch_size=batch_size)
-    cut = _cut(as_of)
+    if engine == "dask":
+        if workers != 1:
+            raise ConfigError(
+                f"workers={workers} is for engine='local'; on Dask the cluster's workers fold "
+                "(start the cluster with the workers you want)"
+            )
+        from esworkbench.fold import _dask
+
+        return _dask.replay_on_dask(
+            lake,
+            cls,
+            scope=_scope(cls, streams=streams, stream_prefix=stream_prefix),
+            as_of=as_of,
+            on_error=on_error,
+            progress=progress,
+            batch_size=batch_size,
+            scheduler=scheduler,
+            partitions=partitions,
+            workdir=workdir,
+            storage_options=storage_options,
+        )
+    if engine != "local":
+        raise ConfigError(f"engine={engine!r}; valid: ['dask', 'local']")
+    cut = frames.cut(as_of)
     with opened(lake) as lake_:
-        read = _read(lake_, cls, streams=streams, stream_prefix=stream_prefix)
+        read = _read(lake_, _scope(cls, streams=streams, stream_prefix=stream_prefix))
     events = read if cut is None else read.filter(cut)
     return replay_frame(
         events, cls, workers=workers, on_error=on_error, progress=progress, batch_size=batch_size
@@ -229,35 +228,16 @@ def replay_frame(
     frame = events if isinstance(events, pl.DataFrame) else pl.from_arrow(events)
     if not isinstance(frame, pl.DataFrame):
         raise FoldError("events must be a table, not a single column")
-    missing = [c for c in engine.INPUT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise FoldError(
-            f"events frame lacks column(s) {missing}; pass the lake's envelope "
-            "columns (lake.read_events() returns them)"
-        )
-    columns = [*engine.INPUT_COLUMNS, *([engine.REJECTED] if engine.REJECTED in frame else [])]
-    frame = frame.select(columns).with_columns(
-        pl.col("stream_revision", "commit_position").cast(pl.UInt64)
-    )
-    keys = ("stream_name", "stream_revision", "commit_position")
-    sizes = frame.group_by("stream_name").len().sort("stream_name")["len"].to_list()
-    job = Job(
-        table=frame.to_arrow(),
-        order=frame.select(pl.arg_sort_by(keys)).to_series().to_arrow(),
-        batches=plan_batches(sizes, batch_size),
-        work=functools.partial(engine.fold_batch, cls=cls, on_error=on_error),
-    )
     with _progress(progress, frame.height, cls) as bar:
-        results = [
-            engine.BatchResult(*tables)
-            for tables in run_batches(job, workers=workers, advance=bar.update)
-        ]
-    return Replay(
-        timeline=_timeline(results, cls),
-        findings=_findings(results),
-        aggregate=cls,
-        events_read=frame.height,
-    )
+        timeline, findings = frames.fold_frame(
+            frame,
+            cls,
+            workers=workers,
+            on_error=on_error,
+            batch_size=batch_size,
+            advance=bar.update,
+        )
+    return Replay(timeline=timeline, findings=findings, aggregate=cls, events_read=frame.height)
 
 
 def state_as_of(
@@ -309,28 +289,33 @@ def state_as_of(
 # --- reading -------------------------------------------------------------------------------
 
 
-def _read(
-    lake: Lake,
-    cls: type[AggregateRoot],
-    *,
-    streams: Iterable[str] | None,
-    stream_prefix: str | None,
-) -> pl.DataFrame:
-    """The events in scope, plus the rejected ones (``rejected`` = the lake's reason).
-
-    Events the lake rejected at ingest (not JSON, binary) still happened in their stream: they
-    come along as rows the fold reports as decode_error, instead of leaving a silent gap.
-    """
-    scope: FilterOptions
+def _scope(
+    cls: type[AggregateRoot], *, streams: Iterable[str] | None, stream_prefix: str | None
+) -> EventFilter:
+    """The events a replay reads: the given streams or prefix, else the aggregate's category."""
     if streams is None and stream_prefix is None:
-        scope = {"category": cls.stream_prefix}
-    else:
-        scope = {
-            "streams": None if streams is None else list(streams),
-            "stream_prefix": stream_prefix,
-        }
-    events = lake.scan_events(**scope).select(engine.INPUT_COLUMNS).collect()
-    return with_rejected(lake, events, **scope)
+        return EventFilter.of(category=cls.stream_prefix)
+    return EventFilter.of(
+        streams=None if streams is None else list(streams), stream_prefix=stream_prefix
+    )
+
+
+def _read(lake: Lake, scope: EventFilter) -> pl.DataFrame:
+    """The events in scope, plus the rejected ones (``rejected`` = the lake's reason)."""
+    options = _options(scope)
+    events = lake.scan_events(**options).select(core.INPUT_COLUMNS).collect()
+    return with_rejected(lake, events, **options)
+
+
+def _options(scope: EventFilter) -> FilterOptions:
+    options: FilterOptions = {}
+    if scope.category is not None:
+        options["category"] = scope.category
+    if scope.streams is not None:
+        options["streams"] = list(scope.streams)
+    if scope.stream_prefix is not None:
+        options["stream_prefix"] = scope.stream_prefix
+    return options
 
 
 def with_rejected(
@@ -347,55 +332,7 @@ def with_rejected(
         >>> both = with_rejected(lake, events, category="user")          # doctest: +SKIP
     """
     # The lake's own filtering picks the rejected events in scope, as it picks the events.
-    rejected = lake.read_rejected(**filters)
-    if rejected.height == 0:
-        return events
-    rejected = (
-        rejected.select(
-            [
-                pl.col(c).cast(events.schema[c])
-                for c in ("commit_position", "stream_name", "stream_revision", "event_id")
-            ]
-            + [
-                pl.col("event_type").cast(pl.String),
-                pl.col("created").cast(events.schema["created"]),
-                # Business time from the metadata where it still reads (see read_rejected).
-                pl.col("occurred_at").cast(events.schema["occurred_at"]),
-                pl.lit(None, pl.String).alias("data"),
-                pl.lit(None, pl.String).alias("metadata"),
-                pl.col("reason").cast(pl.String).alias(engine.REJECTED),
-            ]
-        )
-        # A rejected copy of a revision the lake does hold (a duplicate id) is not history.
-        .join(
-            events.select("stream_name", "stream_revision"),
-            on=["stream_name", "stream_revision"],
-            how="anti",
-        )
-        .unique(["stream_name", "stream_revision"], keep="first", maintain_order=True)
-    )
-    if rejected.height == 0:
-        return events
-    events = events.with_columns(pl.lit(None, pl.String).alias(engine.REJECTED))
-    rejected = rejected.select(
-        [pl.col(c) if c in rejected.columns else pl.lit(None).alias(c) for c in events.columns]
-    )
-    return pl.concat([events, rejected.cast(events.schema)], how="vertical")
-
-
-def _cut(as_of: int | datetime | None) -> pl.Expr | None:
-    """The rows of a replay as of a commit position or a business time (None: all)."""
-    if as_of is None:
-        return None
-    if isinstance(as_of, datetime):
-        moment = as_of.replace(tzinfo=UTC) if as_of.tzinfo is None else as_of.astimezone(UTC)
-        # Cut each stream after its last event that had happened by then, not at its first
-        # event stamped later: the state "after event k" includes every event before k.
-        last = pl.col("stream_revision").filter(pl.col("occurred_at") <= moment).max()
-        return pl.col("stream_revision") <= last.over("stream_name")
-    if isinstance(as_of, bool) or not isinstance(as_of, int):
-        raise ConfigError(f"as_of={as_of!r}: give a commit position (int) or a datetime")
-    return pl.col("commit_position") <= as_of
+    return frames.merge_rejected(events, lake.read_rejected(**filters))
 
 
 def _check_options(*, workers: int, on_error: str, batch_size: int) -> None:
@@ -424,45 +361,3 @@ def _progress(enabled: bool, total: int, cls: type[AggregateRoot]) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="ev", unit_scale=True, desc=f"replay {cls.__qualname__}")
-
-
-# --- assembling ----------------------------------------------------------------------------
-
-
-def _timeline(results: list[engine.BatchResult], cls: type[AggregateRoot]) -> pl.DataFrame:
-    # A batch without rows has no state columns to offer; a fresh aggregate names them.
-    tables = [r.timeline for r in results if r.timeline.num_rows]
-    if not tables:
-        tables = [_empty_timeline(cls)]
-    frame = pl.from_arrow(engine.unify(tables))
-    assert isinstance(frame, pl.DataFrame)
-    return frame.sort("commit_position", maintain_order=True)
-
-
-def _empty_timeline(cls: type[AggregateRoot]) -> pa.Table:
-    envelope = pa.schema(
-        [
-            ("stream_name", pa.string()),
-            ("stream_revision", pa.uint64()),
-            ("commit_position", pa.uint64()),
-            ("created", pa.timestamp("us", tz="UTC")),
-            ("occurred_at", pa.timestamp("us", tz="UTC")),
-            ("event_type", pa.string()),
-            ("event_id", pa.string()),
-        ]
-    )
-    try:
-        fields = list(cls(cls.aggregate_id_of(f"{cls.stream_prefix}-")).state())
-    except Exception:
-        # A fresh aggregate is only a hint for the column names of an empty result.
-        fields = []
-    for name in fields:
-        envelope = envelope.append(pa.field(engine.state_column_name(name), pa.null()))
-    return envelope.append(pa.field(engine.CHANGED, pa.list_(pa.string()))).empty_table()
-
-
-def _findings(results: list[engine.BatchResult]) -> pl.DataFrame:
-    table = pa.concat_tables([r.findings for r in results] or [FINDINGS_SCHEMA.empty_table()])
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame.sort("commit_position", maintain_order=True)

@@ -15,9 +15,10 @@ stream of Arrow batches; every one takes the same filters (`EventFilter`). Writi
 Inside: `_lake` (the `Lake` reader), `_writer` (run bookkeeping, batch + checkpoint
 transactions), `_sync` (the producer/consumer sync loop and its progress), `_schema` (tables,
 version, SQL helpers), `_ingest` (decoding a raw batch into `events` / `_rejected` / `_flags`),
-`_payloads` (exact checks of
-suspect payloads), `_views` (typed views), `_export` (filter SQL, Parquet and archive export),
-`_readmodels` (projections' read models, rows + checkpoint per transaction).
+`_payloads` (exact checks of suspect payloads), `_views` (typed views), `_export` (filter SQL,
+Parquet and archive export), `_partitions` (hash partitions of whole streams for compute
+engines, incremental, with a manifest), `_readmodels` (projections' read models, rows +
+checkpoint per transaction).
 
 Example:
     >>> from esworkbench.lake import Lake, sync
@@ -30,6 +31,16 @@ Example:
 
 from esworkbench.filters import EventFilter
 from esworkbench.lake._lake import Lake, LakeSummary, opened
+from esworkbench.lake._partitions import (
+    PARTITION_SCHEMA,
+    PartitionEntry,
+    PartitionManifest,
+    bucket_of,
+    filesystem_for,
+    read_manifest,
+    read_partition,
+    write_parquet,
+)
 from esworkbench.lake._readmodels import ReadModelCheckpoint, ReadModelStore, read_model_schema
 from esworkbench.lake._sync import (
     DEFAULT_BATCH_SIZE,
@@ -43,17 +54,25 @@ from esworkbench.lake._writer import LakeWriter
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "PARTITION_SCHEMA",
     "EventFilter",
     "Lake",
     "LakeSummary",
     "LakeWriter",
+    "PartitionEntry",
+    "PartitionManifest",
     "ReadModelCheckpoint",
     "ReadModelStore",
     "SyncInterrupted",
     "SyncProgress",
     "SyncResult",
     "TqdmProgress",
+    "bucket_of",
+    "filesystem_for",
     "opened",
+    "read_manifest",
     "read_model_schema",
+    "read_partition",
     "sync",
+    "write_parquet",
 ]

@@ -22,7 +22,7 @@ import pyarrow as pa
 from esworkbench.errors import LakeError
 from esworkbench.events import ENVELOPE_SCHEMA, OCCURRED_AT_KEY
 from esworkbench.filters import EventFilter
-from esworkbench.lake import _export, _schema, _views
+from esworkbench.lake import _export, _partitions, _schema, _views
 from esworkbench.lake._readmodels import ReadModelStore, read_model_schemas
 from esworkbench.lake._schema import q, rows
 from esworkbench.lake._writer import LakeWriter, read_checkpoint
@@ -497,6 +497,28 @@ class Lake:
         fmt = format or ("parquet" if out.suffix == ".parquet" else "jsonl")
         return _export.export_archive(
             self._con, out, EventFilter.of(**filters), fmt=fmt, include_rejected=include_rejected
+        )
+
+    def export_partitions(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        buckets: int = 16,
+        storage_options: dict[str, Any] | None = None,
+    ) -> _partitions.PartitionManifest:
+        """Write every event as `buckets` Parquet partitions of whole streams, for compute engines.
+
+        Streams go to buckets by a stable hash of their name; each file holds whole streams
+        sorted by (stream, revision), the rejected events among them (column ``rejected``), and
+        ``manifest.json`` lists positions, event count and digest per partition. A second
+        export rewrites only the partitions whose streams changed. `url` is a directory or any
+        fsspec URL (``s3://...``, with `storage_options` for its credentials).
+
+        Example:
+            >>> lake.export_partitions("data/lake/demo.partitions", buckets=32)  # doctest: +SKIP
+        """
+        return _partitions.export_partitions(
+            self._con, os.fspath(url), buckets=buckets, storage_options=storage_options
         )
 
 

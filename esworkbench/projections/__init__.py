@@ -12,7 +12,8 @@ Inside: `_definition` (the two kinds, `handles`, `resolve_projection`), `_engine
 events to rows; batches of whole streams for ``esworkbench.fold.batches``), `_rebuild`
 (chunks, checkpoints, timings, the estimate), `_diff` (blue/green: two versions over one
 window, diffed by key), `_bisect` (the first event after which two versions differ, per key),
-`_lag` (a projection on a catch-up subscription, sampled against the server's head).
+`_lag` (a projection on a catch-up subscription, sampled against the server's head), `_dask`
+(rebuilds of stream-keyed projections on a Dask cluster; imported only when used).
 
 Example:
     >>> import esworkbench.projections as pj

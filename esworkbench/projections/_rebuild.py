@@ -25,9 +25,8 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import polars as pl
 import pyarrow as pa
 
 from esworkbench.errors import ConfigError, LakeError
@@ -42,121 +41,16 @@ from esworkbench.projections._definition import (
     Row,
     resolve_projection,
 )
+from esworkbench.projections._result import Estimate, RebuildResult, findings_frame, per_type
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "Estimate", "RebuildResult", "estimate_rebuild", "rebuild"]
 
 DEFAULT_CHUNK_SIZE = 100_000
 _SAMPLE_EVENTS = 50_000
 _SAMPLE_FRACTION = 0.05
-
-
-@dataclasses.dataclass(frozen=True)
-class Estimate:
-    """A predicted rebuild time, from a sampled prefix.
-
-    Attributes:
-        seconds: the predicted wall time of the whole rebuild.
-        events: events in the window.
-        sample_events: events in the sampled prefix.
-        sample_seconds: the prefix's measured rebuild time.
-    """
-
-    seconds: float
-    events: int
-    sample_events: int
-    sample_seconds: float
-
-    def error(self, actual_seconds: float) -> float:
-        """The relative error against a measured time: +0.1 means 10% too high."""
-        return (self.seconds - actual_seconds) / actual_seconds if actual_seconds > 0 else 0.0
-
-    def __str__(self) -> str:
-        return (
-            f"estimated {self.seconds:.2f}s for {self.events:,} events (from a prefix of "
-            f"{self.sample_events:,} events rebuilt in {self.sample_seconds:.2f}s)"
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class RebuildResult:
-    """What a rebuild did and how long it took.
-
-    Attributes:
-        projection: the projection's import path.
-        schema: the DuckDB schema its rows are in.
-        kind: "python" or "sql".
-        first_position: the pinned window's first commit position.
-        last_position: the pinned window's last commit position.
-        events: events applied by this run (after ``resumed_from``).
-        rows: rows in the read model now.
-        rows_written: row writes this run committed (a key touched in several chunks counts
-            once per chunk).
-        seconds: wall time of this run.
-        per_type: event_type, events, seconds, us_per_event (handler time incl. decoding).
-        findings: events the projection could not apply (``FINDINGS_SCHEMA`` columns).
-        resumed_from: the checkpoint this run resumed after (None: built from scratch).
-        chunks: transactions committed.
-        workers: processes that applied events.
-        estimate: the estimate made before the run, if one was asked for.
-    """
-
-    projection: str
-    schema: str
-    kind: str
-    first_position: int
-    last_position: int
-    events: int
-    rows: int
-    rows_written: int
-    seconds: float
-    per_type: pl.DataFrame
-    findings: pl.DataFrame
-    resumed_from: int | None
-    chunks: int
-    workers: int
-    estimate: Estimate | None = None
-
-    @property
-    def events_per_second(self) -> float:
-        """Throughput of this run."""
-        return self.events / self.seconds if self.seconds > 0 else 0.0
-
-    def timings(self) -> pl.DataFrame:
-        """One row of figures: events, rows, seconds, events/s, estimate and its error."""
-        return pl.DataFrame(
-            {
-                "projection": [self.projection],
-                "schema": [self.schema],
-                "events": [self.events],
-                "rows": [self.rows],
-                "rows_written": [self.rows_written],
-                "seconds": [round(self.seconds, 3)],
-                "events_per_second": [round(self.events_per_second)],
-                "estimated_seconds": [
-                    None if self.estimate is None else round(self.estimate.seconds, 3)
-                ],
-                "estimate_error": [
-                    None if self.estimate is None else round(self.estimate.error(self.seconds), 3)
-                ],
-            }
-        )
-
-    def __str__(self) -> str:
-        resumed = "" if self.resumed_from is None else f", resumed after {self.resumed_from}"
-        text = (
-            f"rebuilt {self.schema} ({self.kind}) from {self.events:,} events in "
-            f"{self.seconds:.2f}s ({self.events_per_second:,.0f} events/s{resumed}): "
-            f"{self.rows:,} rows, {self.rows_written:,} row writes in {self.chunks} "
-            f"transaction(s), positions {self.first_position}..{self.last_position}"
-        )
-        if self.estimate is not None:
-            text += (
-                f"; estimate {self.estimate.seconds:.2f}s "
-                f"({self.estimate.error(self.seconds):+.0%} off)"
-            )
-        if self.findings.height:
-            text += f"; {self.findings.height:,} finding(s)"
-        return text
 
 
 def rebuild(
@@ -170,6 +64,11 @@ def rebuild(
     resume: bool = True,
     estimate: bool = False,
     progress: bool = False,
+    engine: Literal["local", "dask"] = "local",
+    scheduler: str | Client | None = None,
+    partitions: int = 16,
+    workdir: str | Path | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> RebuildResult:
     """Rebuild a projection's read model from the lake into ``rm_<name>_v<version>``.
 
@@ -186,6 +85,16 @@ def rebuild(
         estimate: estimate the time first from a sampled prefix (shown on the progress bar,
             kept in the result).
         progress: show a tqdm progress bar with an ETA (terminal or notebook).
+        engine: "local" (this machine) or "dask": for Python projections keyed by stream, one
+            Dask task per hash partition of whole streams builds its keys' rows, and the rows
+            and checkpoint are committed together (from scratch; `resume` does not apply).
+            Needs ``pip install 'esworkbench[dask]'``; see ``replay`` for the rest.
+        scheduler: with engine="dask": a scheduler address, a ``distributed.Client``, or None
+            for a LocalCluster on this machine for the call.
+        partitions: with engine="dask": the number of hash partitions (tasks).
+        workdir: with engine="dask": a directory or fsspec URL the workers reach (default:
+            ``<lake file>.dask/`` beside the lake).
+        storage_options: with engine="dask": fsspec options for `workdir` (credentials).
 
     Returns:
         Timings, rows and findings (see `RebuildResult`).
@@ -198,6 +107,12 @@ def rebuild(
     """
     spec = resolve_projection(projection)
     _check(chunk_size=chunk_size, workers=workers)
+    if engine not in ("local", "dask"):
+        raise ConfigError(f"engine={engine!r}; valid: ['dask', 'local']")
+    if engine == "dask" and workers != 1:
+        raise ConfigError(
+            f"workers={workers} is for engine='local'; on Dask the cluster's workers rebuild"
+        )
     with _writable(lake) as lake_:
         first, last = pin_window(lake_, first_position, last_position)
         guess = (
@@ -205,6 +120,21 @@ def rebuild(
             if estimate
             else None
         )
+        if engine == "dask":
+            from esworkbench.projections import _dask
+
+            return _dask.rebuild_on_dask(
+                lake_,
+                spec,
+                first,
+                last,
+                scheduler=scheduler,
+                partitions=partitions,
+                workdir=workdir,
+                storage_options=storage_options,
+                progress=progress,
+                guess=guess,
+            )
         if spec.kind == "sql":
             return _rebuild_sql(lake_, spec, first, last, guess)
         return _rebuild_python(
@@ -417,8 +347,8 @@ def _rebuild_python(
         rows=len(state),
         rows_written=rows_written,
         seconds=time.perf_counter() - started,
-        per_type=_per_type(timings),
-        findings=_findings(findings),
+        per_type=per_type(timings),
+        findings=findings_frame(findings),
         resumed_from=resumed_from,
         chunks=chunks,
         workers=workers if parallel else 1,
@@ -501,8 +431,8 @@ def _rebuild_sql(
         rows_written=rows,
         seconds=seconds,
         # One statement: DuckDB does not split its time by event type.
-        per_type=_per_type({t: [n, float("nan")] for t, n in counts.items()}),
-        findings=_findings([]),
+        per_type=per_type({t: [n, float("nan")] for t, n in counts.items()}),
+        findings=findings_frame([]),
         resumed_from=None,
         chunks=1,
         workers=1,
@@ -542,29 +472,6 @@ def _nth_position(lake: Lake, spec: ProjectionSpec, first: int, last: int | None
 def _scratch(spec: ProjectionSpec) -> type[Any]:
     """A subclass of the projection that rebuilds into its own scratch schema."""
     return type(spec.cls.__name__, (spec.cls,), {"name": f"{spec.name}_estimate"})
-
-
-def _per_type(timings: dict[str, list[float]]) -> pl.DataFrame:
-    frame = pl.DataFrame(
-        {
-            "event_type": list(timings),
-            "events": [int(v[0]) for v in timings.values()],
-            "seconds": [float(v[1]) for v in timings.values()],
-        },
-        schema={"event_type": pl.String, "events": pl.Int64, "seconds": pl.Float64},
-    )
-    return frame.with_columns(
-        (pl.col("seconds") / pl.col("events") * 1e6).alias("us_per_event")
-    ).sort("events", descending=True)
-
-
-def _findings(tables: list[pa.Table]) -> pl.DataFrame:
-    table = pa.concat_tables(
-        [t.cast(FINDINGS_SCHEMA) for t in tables] or [FINDINGS_SCHEMA.empty_table()]
-    )
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    return frame.sort("commit_position", maintain_order=True)
 
 
 def _check(*, chunk_size: int, workers: int) -> None:

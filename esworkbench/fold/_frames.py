@@ -1,0 +1,240 @@
+"""The fold of a frame of events, and its result: the code every engine runs.
+
+``fold_frame`` turns a frame of envelope rows into the timeline and findings of a replay
+(batches of whole streams through ``_engine.fold_batch``, in this process or forked workers);
+``Replay`` holds the result, as frames or as lazy scans of result files. A single-process
+replay (``_replay``) and each Dask task (``_dask``) call the same ``fold_frame``, so their rows
+are equal. ``merge_rejected`` and ``cut`` shape the input the same way for both.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import polars as pl
+import pyarrow as pa
+
+from esworkbench.aggregates import AggregateRoot
+from esworkbench.errors import ConfigError, FoldError
+from esworkbench.findings import FINDINGS_SCHEMA
+from esworkbench.fold import _engine as core
+from esworkbench.fold._engine import OnError
+from esworkbench.fold.batches import Job, plan_batches, run_batches
+
+__all__ = ["Replay", "cut", "empty_timeline", "findings_frame", "fold_frame", "merge_rejected"]
+
+
+class Replay:
+    """The result of a replay: the state timeline and the findings.
+
+    A replay on Dask leaves its results in Parquet files: ``timeline`` and ``findings`` are
+    then read from them on first use, and ``scan_timeline()`` / ``scan_findings()`` query them
+    lazily without loading them whole (for results larger than memory).
+
+    Attributes:
+        timeline: one row per event replayed (see on_error), ordered by commit_position.
+        findings: one row per problem met, pinned to its event, same order.
+        aggregate: the aggregate class the events went through.
+        events_read: events read from the lake (applied, refused, or left after a stop).
+
+    Example:
+        >>> result = replay("data/lake/workbench.duckdb", "esworkbench.examples.bank:User")
+        ... # doctest: +SKIP
+        >>> result.states().select("stream_name", "balance")  # doctest: +SKIP
+    """
+
+    __slots__ = ("_findings", "_timeline", "aggregate", "events_read")
+
+    def __init__(
+        self,
+        timeline: pl.DataFrame | pl.LazyFrame,
+        findings: pl.DataFrame | pl.LazyFrame,
+        aggregate: type[AggregateRoot],
+        events_read: int,
+    ) -> None:
+        self._timeline = timeline
+        self._findings = findings
+        self.aggregate = aggregate
+        self.events_read = events_read
+
+    def __repr__(self) -> str:
+        return f"Replay(aggregate={self.aggregate.__qualname__}, events_read={self.events_read:,})"
+
+    @property
+    def timeline(self) -> pl.DataFrame:
+        """One row per event replayed, ordered by commit_position (see the module docstring)."""
+        if isinstance(self._timeline, pl.LazyFrame):
+            self._timeline = self._timeline.collect()
+        return self._timeline
+
+    @property
+    def findings(self) -> pl.DataFrame:
+        """One row per problem met, pinned to its event, ordered by commit_position."""
+        if isinstance(self._findings, pl.LazyFrame):
+            self._findings = self._findings.collect()
+        return self._findings
+
+    def scan_timeline(self) -> pl.LazyFrame:
+        """The timeline as a LazyFrame (over the result files of a replay on Dask)."""
+        return self._timeline.lazy()
+
+    def scan_findings(self) -> pl.LazyFrame:
+        """The findings as a LazyFrame (over the result files of a replay on Dask)."""
+        return self._findings.lazy()
+
+    def states(self) -> pl.DataFrame:
+        """One row per stream: its state after its last applied event, and its finding count.
+
+        A stream whose every event was refused still gets a row (null state), so nothing the
+        replay read disappears from view.
+
+        Example:
+            >>> result.states()  # doctest: +SKIP
+        """
+        last = self.timeline.drop(core.CHANGED).group_by("stream_name", maintain_order=True).last()
+        counts = self.findings.group_by("stream_name").agg(
+            pl.len().cast(pl.UInt32).alias("findings")
+        )
+        return (
+            last.join(counts, on="stream_name", how="full", coalesce=True)
+            .with_columns(pl.col("findings").fill_null(0))
+            .sort("stream_name")
+        )
+
+
+def fold_frame(
+    frame: pl.DataFrame,
+    cls: type[AggregateRoot],
+    *,
+    workers: int,
+    on_error: OnError,
+    batch_size: int,
+    advance: Callable[[int], None],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The timeline and findings of the events in `frame`: the fold every engine runs.
+
+    A Dask task calls this on its partition, so a distributed replay folds each stream exactly
+    as this process would. `advance` gets each finished batch's event count.
+    """
+    missing = [c for c in core.INPUT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise FoldError(
+            f"events frame lacks column(s) {missing}; pass the lake's envelope "
+            "columns (lake.read_events() returns them)"
+        )
+    columns = [*core.INPUT_COLUMNS, *([core.REJECTED] if core.REJECTED in frame else [])]
+    frame = frame.select(columns).with_columns(
+        pl.col("stream_revision", "commit_position").cast(pl.UInt64)
+    )
+    keys = ("stream_name", "stream_revision", "commit_position")
+    sizes = frame.group_by("stream_name").len().sort("stream_name")["len"].to_list()
+    job = Job(
+        table=frame.to_arrow(),
+        order=frame.select(pl.arg_sort_by(keys)).to_series().to_arrow(),
+        batches=plan_batches(sizes, batch_size),
+        work=functools.partial(core.fold_batch, cls=cls, on_error=on_error),
+    )
+    results = [
+        core.BatchResult(*tables) for tables in run_batches(job, workers=workers, advance=advance)
+    ]
+    return _timeline(results, cls), findings_frame(results)
+
+
+def merge_rejected(events: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFrame:
+    """`events` plus `rejected` (``Lake.read_rejected`` rows, in its order) as fold input rows.
+
+    The rows get ``rejected`` = the lake's reason and no payload; a rejected copy of a
+    revision `events` holds is dropped, and of several rejected copies the first is kept.
+    """
+    if rejected.height == 0:
+        return events
+    rejected = (
+        rejected.select(
+            [
+                pl.col(c).cast(events.schema[c])
+                for c in ("commit_position", "stream_name", "stream_revision", "event_id")
+            ]
+            + [
+                pl.col("event_type").cast(pl.String),
+                pl.col("created").cast(events.schema["created"]),
+                # Business time from the metadata where it still reads (see read_rejected).
+                pl.col("occurred_at").cast(events.schema["occurred_at"]),
+                pl.lit(None, pl.String).alias("data"),
+                pl.lit(None, pl.String).alias("metadata"),
+                pl.col("reason").cast(pl.String).alias(core.REJECTED),
+            ]
+        )
+        # A rejected copy of a revision the lake does hold (a duplicate id) is not history.
+        .join(
+            events.select("stream_name", "stream_revision"),
+            on=["stream_name", "stream_revision"],
+            how="anti",
+        )
+        .unique(["stream_name", "stream_revision"], keep="first", maintain_order=True)
+    )
+    if rejected.height == 0:
+        return events
+    events = events.with_columns(pl.lit(None, pl.String).alias(core.REJECTED))
+    rejected = rejected.select(
+        [pl.col(c) if c in rejected.columns else pl.lit(None).alias(c) for c in events.columns]
+    )
+    return pl.concat([events, rejected.cast(events.schema)], how="vertical")
+
+
+def cut(as_of: int | datetime | None) -> pl.Expr | None:
+    """The rows of a replay as of a commit position or a business time (None: all)."""
+    if as_of is None:
+        return None
+    if isinstance(as_of, datetime):
+        moment = as_of.replace(tzinfo=UTC) if as_of.tzinfo is None else as_of.astimezone(UTC)
+        # Cut each stream after its last event that had happened by then, not at its first
+        # event stamped later: the state "after event k" includes every event before k.
+        last = pl.col("stream_revision").filter(pl.col("occurred_at") <= moment).max()
+        return pl.col("stream_revision") <= last.over("stream_name")
+    if isinstance(as_of, bool) or not isinstance(as_of, int):
+        raise ConfigError(f"as_of={as_of!r}: give a commit position (int) or a datetime")
+    return pl.col("commit_position") <= as_of
+
+
+# --- assembling ----------------------------------------------------------------------------
+
+
+def _timeline(results: list[core.BatchResult], cls: type[AggregateRoot]) -> pl.DataFrame:
+    # A batch without rows has no state columns to offer; a fresh aggregate names them.
+    tables = [r.timeline for r in results if r.timeline.num_rows]
+    if not tables:
+        tables = [empty_timeline(cls)]
+    frame = pl.from_arrow(core.unify(tables))
+    assert isinstance(frame, pl.DataFrame)
+    return frame.sort("commit_position", maintain_order=True)
+
+
+def empty_timeline(cls: type[AggregateRoot]) -> pa.Table:
+    envelope = pa.schema(
+        [
+            ("stream_name", pa.string()),
+            ("stream_revision", pa.uint64()),
+            ("commit_position", pa.uint64()),
+            ("created", pa.timestamp("us", tz="UTC")),
+            ("occurred_at", pa.timestamp("us", tz="UTC")),
+            ("event_type", pa.string()),
+            ("event_id", pa.string()),
+        ]
+    )
+    try:
+        fields = list(cls(cls.aggregate_id_of(f"{cls.stream_prefix}-")).state())
+    except Exception:
+        # A fresh aggregate is only a hint for the column names of an empty result.
+        fields = []
+    for name in fields:
+        envelope = envelope.append(pa.field(core.state_column_name(name), pa.null()))
+    return envelope.append(pa.field(core.CHANGED, pa.list_(pa.string()))).empty_table()
+
+
+def findings_frame(results: list[core.BatchResult]) -> pl.DataFrame:
+    table = pa.concat_tables([r.findings for r in results] or [FINDINGS_SCHEMA.empty_table()])
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.sort("commit_position", maintain_order=True)
