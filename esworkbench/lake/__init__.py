@@ -25,7 +25,7 @@ Example:
 """
 
 from esworkbench.filters import EventFilter
-from esworkbench.lake._lake import Lake, LakeSummary, opened
+from esworkbench.lake._lake import DEFAULT_LOCK_TIMEOUT, Lake, LakeSummary, opened
 from esworkbench.lake._readmodels import ReadModelCheckpoint, ReadModelStore, read_model_schema
 from esworkbench.lake._sync import (
     DEFAULT_BATCH_SIZE,
@@ -39,6 +39,7 @@ from esworkbench.lake._writer import LakeWriter
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_LOCK_TIMEOUT",
     "EventFilter",
     "Lake",
     "LakeSummary",
