@@ -49,10 +49,12 @@ def _clean_errors(fn: F) -> F:
 
 
 def _progress() -> bool:
-    """Progress bars only for a person watching: not with --quiet, not into a log or pipe."""
+    """Progress bars for a person watching: not with --quiet, nor into a log unless --progress."""
     ctx = click.get_current_context(silent=True)
-    quiet = bool(ctx is not None and ctx.find_root().params.get("quiet"))
-    return not quiet and sys.stderr.isatty()
+    params = ctx.find_root().params if ctx is not None else {}
+    if params.get("quiet"):
+        return False
+    return bool(params.get("progress")) or sys.stderr.isatty()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,7 +66,12 @@ def _progress() -> bool:
     help="No progress bars (they are also left out when stderr is not a terminal, as under "
     "cron or CI); results and errors are still printed.",
 )
-def main(quiet: bool) -> None:
+@click.option(
+    "--progress",
+    is_flag=True,
+    help="Progress bars even when stderr is not a terminal (a CI log someone watches).",
+)
+def main(quiet: bool, progress: bool) -> None:
     """esworkbench: pull EventStoreDB history into a DuckDB lake, replay it, report on it.
 
     Stages, in data-flow order: devserver, seed, sync, export, fold, check, rebuild, report,
@@ -131,7 +138,7 @@ def devserver(
 @click.option(
     "--uri",
     envvar="ESWORKBENCH_ESDB_URI",
-    help="Write into this EventStoreDB instead (esdb://host:port?tls=false).",
+    help="Write into this EventStoreDB instead (esdb://host:2113?tls=false; kurrentdb:// too).",
 )
 @click.option("--users", type=click.IntRange(min=1), default=75, show_default=True)
 @click.option(
@@ -359,7 +366,11 @@ def rebuild(
 )
 @_clean_errors
 def verify(manifest: Path, lake: Path | None) -> None:
-    """Re-read what a report read and say whether it still matches its data (exit 1 if not)."""
+    """Re-read what a report read and say whether it still matches its data (exit 1 if not).
+
+    MANIFEST is a report's manifest.json or its directory (reports/NAME/<UTC timestamp>/), or a
+    notebook executed by plain papermill.
+    """
     from esworkbench.reports import verify_manifest
 
     result = verify_manifest(manifest, lake=lake)
@@ -504,7 +515,8 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 @click.option(
     "--uri",
     envvar="ESWORKBENCH_ESDB_URI",
-    help="EventStoreDB connection string (esdb://host:port?tls=false).",
+    help="EventStoreDB connection string: esdb://host:2113?tls=false for a server without TLS "
+    "(such as the dev server), esdb://user:password@host:2113 with TLS; kurrentdb:// works too.",
 )
 @click.option(
     "--archive",

@@ -150,3 +150,15 @@ def test_a_report_that_runs_too_long_is_stopped_with_the_fix(tmp_path: Path) -> 
     assert "--timeout" in result.output
     (manifest,) = (tmp_path / "reports").glob("slow_report/*/manifest.json")
     assert json.loads(manifest.read_text())["outcome"]["status"] == "failed"
+
+
+def test_quiet_beats_progress_and_logs_get_no_bars(tmp_path: Path) -> None:
+    archive = ROOT / "data" / "sample" / "ledger.jsonl.gz"
+    for flags, bars in (([], False), (["--progress"], True), (["-q", "--progress"], False)):
+        lake = tmp_path / f"{len(flags)}.duckdb"
+        result = CliRunner().invoke(
+            main, [*flags, "sync", "--archive", str(archive), "--lake", str(lake)]
+        )
+        assert result.exit_code == 0, result.output
+        assert ("events/s" in result.stderr) is bars, flags
+        assert "sync ok" in result.stdout
