@@ -7,12 +7,14 @@ library. Library errors (EsWorkbenchError) become a one-line message and exit co
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from esworkbench.errors import EsWorkbenchError
 
@@ -46,13 +48,34 @@ def _clean_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _progress() -> bool:
+    """Progress bars for a person watching: not with --quiet, nor into a log unless --progress."""
+    ctx = click.get_current_context(silent=True)
+    params = ctx.find_root().params if ctx is not None else {}
+    if params.get("quiet"):
+        return False
+    return bool(params.get("progress")) or sys.stderr.isatty()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="esworkbench")
-def main() -> None:
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="No progress bars (they are also left out when stderr is not a terminal, as under "
+    "cron or CI); results and errors are still printed.",
+)
+@click.option(
+    "--progress",
+    is_flag=True,
+    help="Progress bars even when stderr is not a terminal (a CI log someone watches).",
+)
+def main(quiet: bool, progress: bool) -> None:
     """esworkbench: pull EventStoreDB history into a DuckDB lake, replay it, report on it.
 
     Stages, in data-flow order: devserver, seed, sync, export, fold, check, rebuild, report,
-    verify; demo runs them end to end on the sample ledger.
+    verify; demo runs them end to end on the sample ledger; lake shows what a lake holds.
     """
 
 
@@ -115,7 +138,7 @@ def devserver(
 @click.option(
     "--uri",
     envvar="ESWORKBENCH_ESDB_URI",
-    help="Write into this EventStoreDB instead (esdb://host:port?tls=false).",
+    help="Write into this EventStoreDB instead (esdb://host:2113?tls=false; kurrentdb:// too).",
 )
 @click.option("--users", type=click.IntRange(min=1), default=75, show_default=True)
 @click.option(
@@ -144,12 +167,14 @@ def seed(out: Path | None, uri: str | None, users: int, seed_value: int, days: i
             f"{len(ledger.truth)} anomalies to {truth}"
         )
         return
-    from esworkbench.config import Settings
+    from esworkbench.config import Settings, esdbclient_uri
     from esworkbench.examples.bank.seed import seed_esdb
 
     uri = Settings.load(esdb_uri=uri).esdb_uri
     assert uri is not None
-    result = seed_esdb(uri, users=users, seed=seed_value, days=days, progress=True)
+    result = seed_esdb(
+        esdbclient_uri(uri), users=users, seed=seed_value, days=days, progress=_progress()
+    )
     click.echo(
         f"seeded {mask_uri(uri)}: {result.written:,} of {result.events:,} events written "
         f"({result.events - result.written:,} already there), {result.streams:,} streams, "
@@ -159,8 +184,14 @@ def seed(out: Path | None, uri: str | None, users: int, seed_value: int, days: i
 
 
 @main.command()
-@click.argument("name")
-@_lake_option("The lake the notebook reads.")
+@click.argument("name", required=False)
+@click.option(
+    "--lake",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="ESWORKBENCH_LAKE",
+    default=None,
+    help="The lake the notebook reads (its lake parameter). Default: $ESWORKBENCH_LAKE.",
+)
 @click.option(
     "-p",
     "--parameter",
@@ -168,30 +199,93 @@ def seed(out: Path | None, uri: str | None, users: int, seed_value: int, days: i
     type=(str, str),
     multiple=True,
     metavar="KEY VALUE",
-    help='A notebook parameter (JSON values are parsed: 5, null, ["1","2"]).',
+    help='A notebook parameter (JSON values are parsed: 5, null, ["1","2"]); checked against '
+    "the parameter's type before the notebook starts. Overrides --parameters-file.",
+)
+@click.option(
+    "-f",
+    "--parameters-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A YAML file of parameters (top_n: 5), as papermill's -f reads.",
 )
 @click.option(
     "--out-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Parent of reports/NAME/<timestamp>/ (default: reports, ESWORKBENCH_REPORTS_DIR).",
+    help="Reports go to OUT_DIR/NAME/<UTC timestamp>/ (default: reports, or "
+    "$ESWORKBENCH_REPORTS_DIR).",
 )
 @click.option("--no-input", is_flag=True, help="Hide code cells in the HTML (for reviewers).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop the report when one cell runs longer than this (default: no limit).",
+)
+@click.option(
+    "--list",
+    "list_only",
+    is_flag=True,
+    help="List the reports and their parameters (types and defaults), then exit.",
+)
 @_clean_errors
 def report(
-    name: str, lake: Path, pairs: tuple[tuple[str, str], ...], out_dir: Path | None, no_input: bool
+    name: str | None,
+    lake: Path | None,
+    pairs: tuple[tuple[str, str], ...],
+    parameters_file: Path | None,
+    out_dir: Path | None,
+    no_input: bool,
+    timeout: float | None,
+    list_only: bool,
 ) -> None:
-    """Run report notebook NAME (e.g. balance_timeline) into HTML, notebook and manifest."""
-    from esworkbench.config import Settings
-    from esworkbench.reports import parse_parameters, run_report
+    """Run report notebook NAME (see --list) into HTML, notebook and manifest.
 
+    The report lands in reports/NAME/<UTC timestamp>/: NAME.html, the executed NAME.ipynb
+    and manifest.json; the last lines printed name the HTML and the manifest.
+    """
+    from esworkbench.config import Settings
+    from esworkbench.reports import (
+        list_reports,
+        notebook_parameters,
+        parse_parameters,
+        read_parameters_file,
+        run_report,
+    )
+
+    if list_only:
+        found = list_reports()
+        for report_name, declared in found.items():
+            if name is not None and report_name != name:
+                continue
+            click.echo(report_name)
+            for key, info in declared.items():
+                click.echo(f"  {key}: {info['type']} = {info['default']}")
+                if info["help"]:
+                    click.echo(f"      {info['help']}")
+        return
+    if name is None:
+        raise click.UsageError("name a report (esworkbench report --list shows them)")
+    declared = notebook_parameters(name)
+    parameters = read_parameters_file(parameters_file) if parameters_file else {}
+    parameters.update(parse_parameters(pairs, declared))
+    # --lake on the command line, then a lake among the parameters, then $ESWORKBENCH_LAKE.
+    given = parameters.pop("lake", None)
+    source = click.get_current_context().get_parameter_source("lake")
+    if lake is None or (given is not None and source != ParameterSource.COMMANDLINE):
+        lake = None if given is None else Path(str(given))
+    if lake is None:
+        raise click.UsageError("give --lake PATH (or set ESWORKBENCH_LAKE)")
     settings = Settings.load(reports_dir=out_dir)
     result = run_report(
         name,
         lake=lake,
-        parameters=parse_parameters(pairs),
+        parameters=parameters,
         out_dir=settings.reports_dir,
         no_input=no_input,
+        timeout=timeout,
     )
     click.echo(str(result))
 
@@ -230,7 +324,7 @@ def rebuild(
             workers=workers,
             resume=not restart,
             estimate=estimate,
-            progress=True,
+            progress=_progress(),
         )
         click.echo(str(result))
         return
@@ -241,7 +335,7 @@ def rebuild(
         first_position=first_position,
         last_position=last_position,
         workers=workers,
-        progress=True,
+        progress=_progress(),
     )
     click.echo(str(comparison.a))
     click.echo(str(comparison.b))
@@ -272,7 +366,11 @@ def rebuild(
 )
 @_clean_errors
 def verify(manifest: Path, lake: Path | None) -> None:
-    """Re-read what a report read and say whether it still matches its data (exit 1 if not)."""
+    """Re-read what a report read and say whether it still matches its data (exit 1 if not).
+
+    MANIFEST is a report's manifest.json or its directory (reports/NAME/<UTC timestamp>/), or a
+    notebook executed by plain papermill.
+    """
     from esworkbench.reports import verify_manifest
 
     result = verify_manifest(manifest, lake=lake)
@@ -381,7 +479,7 @@ def fold(
         as_of=_position_or_time(as_of),
         workers=workers,
         on_error=on_error,
-        progress=True,
+        progress=_progress(),
         engine=engine,
         scheduler=scheduler,
         partitions=partitions,
@@ -455,7 +553,8 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 @click.option(
     "--uri",
     envvar="ESWORKBENCH_ESDB_URI",
-    help="EventStoreDB connection string (esdb://host:port?tls=false).",
+    help="EventStoreDB connection string: esdb://host:2113?tls=false for a server without TLS "
+    "(such as the dev server), esdb://user:password@host:2113 with TLS; kurrentdb:// works too.",
 )
 @click.option(
     "--archive",
@@ -508,13 +607,23 @@ def sync(
             filter=EventFilter.of(**_given(filters)),
             follow=follow,
         )
-        settings.lake.parent.mkdir(parents=True, exist_ok=True)
-        with Lake(settings.lake) as opened:
-            result = sync_into(source, opened, batch_size=settings.batch_size, progress=True)
-    except SyncInterrupted as stopped:
-        click.echo(stopped.result.summary())
-        click.echo("interrupted: the lake is consistent; run the same command to resume")
-        raise SystemExit(130) from None
+        opened = Lake(settings.lake)
+        try:
+            result = sync_into(source, opened, batch_size=settings.batch_size, progress=_progress())
+        except SyncInterrupted as stopped:
+            opened.close()
+            click.echo(stopped.result.summary())
+            click.echo("interrupted: the lake is consistent; run the same command to resume")
+            raise SystemExit(130) from None
+        except BaseException:
+            # A first sync that fails (server down, wrong URI) leaves nothing behind: an empty
+            # lake file would look like a lake that synced and found no events.
+            empty = opened.created and opened.head_position() is None
+            opened.close()
+            if empty:
+                opened.remove()
+            raise
+        opened.close()
     except KeyboardInterrupt:
         click.echo("interrupted: the lake is consistent; run the same command to resume")
         raise SystemExit(130) from None
@@ -633,3 +742,90 @@ def check(
         if failing.height:
             click.echo(f"{failing.height:,} finding(s) at or above {fail_on}", err=True)
             raise SystemExit(CHECK_FAILED)
+
+
+@main.group(name="lake")
+def lake_group() -> None:
+    """What a lake holds: counts, positions, syncs (info) and the events it rejected."""
+
+
+def _open_for_reading(path: Path) -> Any:
+    from esworkbench.config import resolve_lake_path
+    from esworkbench.lake import Lake
+
+    return Lake(resolve_lake_path(path), read_only=True)
+
+
+@lake_group.command(name="info")
+@click.argument("lake", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--runs",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many of the latest sync runs to show.",
+)
+@_clean_errors
+def lake_info(lake: Path, runs: int) -> None:
+    """Counts, positions, checkpoints, the latest sync runs and the views of lake file LAKE."""
+    with _open_for_reading(lake) as opened:
+        summary = opened.summary()
+        sync_runs = opened.read_sync_runs()
+        views = opened.typed_event_types()
+        models = opened.read_model_schemas()
+    click.echo(str(summary))
+    if runs and sync_runs.height:
+        click.echo(f"  latest sync runs (of {sync_runs.height}):")
+        for row in sync_runs.tail(runs).iter_rows(named=True):
+            finished = row["finished"].isoformat(timespec="seconds") if row["finished"] else "-"
+            line = (
+                f"    #{row['run_id']} {row['started'].isoformat(timespec='seconds')} .. "
+                f"{finished} {row['outcome']}: {row['events']:,} events, "
+                f"{row['rejected']:,} rejected, positions "
+                f"{_position(row['from_position'])}..{_position(row['to_position'])}, "
+                f"from {row['source']}"
+            )
+            click.echo(line)
+            if row["error"]:
+                click.echo(f"      error: {row['error']}")
+    click.echo(f"  typed views ({len(views)}): " + (", ".join(f"typed.{v}" for v in views) or "-"))
+    click.echo(f"  read models ({len(models)}): " + (", ".join(models) or "-"))
+
+
+@lake_group.command(name="rejected")
+@click.argument("lake", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--raw", is_flag=True, help="Also show each event's payload and metadata bytes.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Show at most this many (default: all).",
+)
+@_filter_options
+@_clean_errors
+def lake_rejected(lake: Path, raw: bool, limit: int | None, **filters: Any) -> None:
+    """The events lake file LAKE could not decode: where they are, and why (kept, not dropped)."""
+    with _open_for_reading(lake) as opened:
+        rejected = opened.read_rejected(**_given(filters))
+    click.echo(f"{rejected.height:,} rejected event(s)")
+    shown = rejected if limit is None else rejected.head(limit)
+    for row in shown.iter_rows(named=True):
+        click.echo(
+            f"  {row['commit_position']} {row['stream_name']}@{row['stream_revision']} "
+            f"{row['event_type']} ({row['content_type']}, event {row['event_id']}): "
+            f"{row['reason']}"
+        )
+        if raw:
+            click.echo(f"    data ({len(row['data'])} bytes): {_bytes(row['data'])}")
+            click.echo(f"    metadata ({len(row['metadata'])} bytes): {_bytes(row['metadata'])}")
+    if limit is not None and rejected.height > limit:
+        click.echo(f"  ... {rejected.height - limit:,} more (--limit)")
+
+
+def _position(value: int | None) -> str:
+    return "start" if value is None else str(value)
+
+
+def _bytes(value: bytes) -> str:
+    """Raw bytes as a Python bytes literal: printable text stays readable, the rest escaped."""
+    return repr(bytes(value))

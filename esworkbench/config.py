@@ -16,11 +16,27 @@ from typing import Any, Literal, get_args
 
 from esworkbench.errors import ConfigError
 
-__all__ = ["Reader", "Settings", "check_esdb_uri", "mask_uri"]
+__all__ = [
+    "DEMO_LAKE",
+    "LAKE_ENV",
+    "Reader",
+    "Settings",
+    "check_esdb_uri",
+    "esdbclient_uri",
+    "mask_uri",
+    "project_root",
+    "resolve_lake_path",
+]
 
 Reader = Literal["fast", "plain"]
 
 _PREFIX = "ESWORKBENCH_"
+LAKE_ENV = "ESWORKBENCH_LAKE"
+# The lake `make demo` (esworkbench demo) builds, relative to the project root: the default
+# of the report notebooks and of every setting that names a lake.
+DEMO_LAKE = Path("data/lake/demo.duckdb")
+# A directory holding one of these is a project root (where data/ and reports/ live).
+_ROOT_MARKERS = ("pyproject.toml", ".git")
 _ESDB_SCHEMES = ("esdb", "esdb+discover")
 _KURRENT_SCHEMES = ("kurrentdb", "kurrentdb+discover")
 _EXAMPLE_URI = "esdb://127.0.0.1:2113?tls=false"
@@ -81,6 +97,9 @@ def mask_uri(uri: str) -> str:
 def check_esdb_uri(uri: str, *, name: str = "the connection string") -> str:
     """``uri`` if it is an EventStoreDB connection string esdbclient reads as meant.
 
+    ``kurrentdb://`` and ``kurrentdb+discover://`` (KurrentDB's names for the same protocol) are
+    accepted; `esdbclient_uri` translates them for the client.
+
     Args:
         uri: The connection string.
         name: What to call it in the error (a setting, an argument).
@@ -91,30 +110,111 @@ def check_esdb_uri(uri: str, *, name: str = "the connection string") -> str:
     Example:
         >>> check_esdb_uri("esdb://admin:changeit@db:2113?tls=true")
         'esdb://admin:changeit@db:2113?tls=true'
+        >>> check_esdb_uri("kurrentdb://db:2113?tls=false")
+        'kurrentdb://db:2113?tls=false'
     """
     shown = repr(mask_uri(uri))
     if uri != uri.strip():
         raise ConfigError(f"{name} starts or ends with whitespace: remove it (got {shown})")
     m = _WELL_FORMED.fullmatch(uri)
-    scheme = (m["scheme"] if m else uri.partition(":")[0]).lower()
-    if scheme in _KURRENT_SCHEMES:
-        raise ConfigError(
-            f"{name} uses the {scheme}:// scheme, which the EventStoreDB client (esdbclient) "
-            f"does not read; KurrentDB speaks the same protocol, so write it as "
-            f"{scheme.replace('kurrentdb', 'esdb')}://... (got {shown})"
-        )
-    if m is None and "@" in uri and uri.lower().startswith(tuple(s + "://" for s in _ESDB_SCHEMES)):
+    schemes = (*_ESDB_SCHEMES, *_KURRENT_SCHEMES)
+    if m is None and "@" in uri and uri.lower().startswith(tuple(s + "://" for s in schemes)):
         raise ConfigError(
             f"{name} has a user name or password holding '@', '/', '?', '#' or a line break, "
             "which a connection string cannot carry (the client would read part of the "
             f"password as the host): use a password without them (got {shown})"
         )
-    if m is None or m["scheme"] not in _ESDB_SCHEMES:
+    if m is None or m["scheme"].lower() not in schemes:
         raise ConfigError(
-            f"{name} must start with esdb:// or esdb+discover:// (an EventStoreDB connection "
-            f"string such as {_EXAMPLE_URI!r}), got {shown}"
+            f"{name} must start with esdb://, esdb+discover://, kurrentdb:// or "
+            f"kurrentdb+discover:// (an EventStoreDB connection string such as "
+            f"{_EXAMPLE_URI!r}), got {shown}"
+        )
+    if m["scheme"] not in schemes:
+        raise ConfigError(
+            f"{name} has the scheme {m['scheme']}://, which the client reads only in lower "
+            f"case: write it as {m['scheme'].lower()}://... (got {shown})"
         )
     return uri
+
+
+def esdbclient_uri(uri: str) -> str:
+    """The connection string as esdbclient reads it: ``kurrentdb`` schemes become ``esdb``.
+
+    KurrentDB is EventStoreDB renamed; its clients take ``kurrentdb://`` for what esdbclient
+    calls ``esdb://``, with the same hosts and options. Mask the result like the input: the
+    password is kept.
+
+    Example:
+        >>> esdbclient_uri("kurrentdb+discover://admin:changeit@db:2113")
+        'esdb+discover://admin:changeit@db:2113'
+        >>> esdbclient_uri("esdb://db:2113?tls=false")
+        'esdb://db:2113?tls=false'
+    """
+    scheme, sep, rest = uri.partition("://")
+    if sep and scheme in _KURRENT_SCHEMES:
+        return scheme.replace("kurrentdb", "esdb") + sep + rest
+    return uri
+
+
+def project_root(start: str | os.PathLike[str] | None = None) -> Path | None:
+    """The project root: the nearest directory at or above `start` with a pyproject.toml or .git.
+
+    That is where ``data/`` and ``reports/`` live; `start` defaults to the working directory.
+    None outside a project.
+
+    Example:
+        >>> (project_root() or Path(".")).joinpath("pyproject.toml").exists()  # doctest: +SKIP
+        True
+    """
+    here = Path.cwd() if start is None else Path(start).resolve()
+    for directory in (here, *here.parents):
+        if any((directory / marker).exists() for marker in _ROOT_MARKERS):
+            return directory
+    return None
+
+
+def resolve_lake_path(
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Where a lake path given to a read points, wherever the reader runs from.
+
+    A path that exists as given (or is absolute) is used as it is. A relative one that does
+    not exist from the working directory, such as a notebook's default
+    ``data/lake/demo.duckdb`` read by a kernel started in ``notebooks/``, is looked up:
+
+    1. ``ESWORKBENCH_LAKE``, when set: the lake you chose for every run;
+    2. the same relative path under the project root (see `project_root`).
+
+    Otherwise the path is returned as given, and opening it says how to make a lake.
+
+    Args:
+        path: the lake path as written.
+        environ: the environment to read (default: ``os.environ``).
+        cwd: the working directory to resolve from (default: the current one).
+
+    Example:
+        >>> resolve_lake_path("/srv/lakes/bank.duckdb")
+        PosixPath('/srv/lakes/bank.duckdb')
+    """
+    env = os.environ if environ is None else environ
+    given = Path(path).expanduser()
+    base = Path.cwd() if cwd is None else Path(cwd)
+    if given.is_absolute() or (base / given).exists():
+        return given if cwd is None or given.is_absolute() else base / given
+    chosen = env.get(LAKE_ENV, "").strip()
+    if chosen:
+        lake = Path(chosen).expanduser()
+        if lake.is_absolute() or (base / lake).exists():
+            return lake if cwd is None or lake.is_absolute() else base / lake
+        given = lake
+    root = project_root(base)
+    if root is not None and (root / given).exists():
+        return root / given
+    return given if cwd is None else base / given
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -127,7 +227,7 @@ class Settings:
     """
 
     esdb_uri: str | None = None
-    lake: Path = Path("data/lake/workbench.duckdb")
+    lake: Path = DEMO_LAKE
     reports_dir: Path = Path("reports")
     batch_size: int = 10_000
     reader: Reader = "fast"

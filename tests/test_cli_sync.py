@@ -47,8 +47,9 @@ def assert_same_lake(a: Path, b: Path) -> None:
 
 
 def test_progress_shows_events_rate_and_position(esdb_uri: str, tmp_path: Path) -> None:
+    # CliRunner's stderr is no terminal: --progress asks for the bars all the same.
     result = CliRunner().invoke(
-        main, ["sync", "--uri", esdb_uri, "--lake", str(tmp_path / "l.duckdb")]
+        main, ["--progress", "sync", "--uri", esdb_uri, "--lake", str(tmp_path / "l.duckdb")]
     )
     assert result.exit_code == 0, result.output
     assert re.search(r"[\d,]+ events, [\d,]+ events/s, position \d+", result.stderr)
@@ -59,7 +60,7 @@ def test_progress_shows_events_rate_and_position(esdb_uri: str, tmp_path: Path) 
 def _sync_process(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "ESWORKBENCH_ESDB_URI"}
     return subprocess.Popen(
-        [sys.executable, "-m", "esworkbench", "sync", *args],
+        [sys.executable, "-m", "esworkbench", "--progress", "sync", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -136,14 +136,30 @@ def test_mask_uri_cases(uri: str, masked: str) -> None:
         ("esdb://admin:pa/ss@db:2113", "use a password without them"),
         (" esdb://admin:changeit@db:2113", "remove it"),
         ("esdb:/admin:changeit@db:2113", "must start with esdb://"),
-        ("kurrentdb://admin:changeit@db:2113", "write it as esdb://"),
-        ("kurrentdb+discover://admin:changeit@db", r"write it as esdb\+discover://"),
+        ("KurrentDB://admin:changeit@db:2113", "write it as kurrentdb://"),
+        ("kurrentdb://admin:pa/ss@db:2113", "use a password without them"),
     ],
 )
 def test_a_malformed_uri_is_refused_with_the_fix(uri: str, fix: str) -> None:
     with pytest.raises(ConfigError, match=fix) as info:
         check_esdb_uri(uri)
     assert "changeit" not in str(info.value) and "ss@" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("uri", "described"),
+    [
+        ("kurrentdb://admin:changeit@db:2113?tls=false", "kurrentdb://admin:***@db:2113"),
+        ("kurrentdb+discover://admin:changeit@db", "kurrentdb+discover://admin:***@db"),
+    ],
+)
+def test_kurrentdb_schemes_are_accepted_and_masked(uri: str, described: str) -> None:
+    assert check_esdb_uri(uri) == uri
+    source = EsdbSource(uri)
+    assert described in source.describe() and "changeit" not in source.describe()
+    # The same server under either name syncs into the same checkpoint.
+    assert source.key == EsdbSource(uri.replace("kurrentdb", "esdb", 1)).key
+    assert "changeit" not in source.key and "changeit" not in repr(source)
 
 
 def test_a_password_with_a_space_is_still_a_valid_uri() -> None:

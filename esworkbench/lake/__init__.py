@@ -30,7 +30,7 @@ Example:
 """
 
 from esworkbench.filters import EventFilter
-from esworkbench.lake._lake import Lake, LakeSummary, opened
+from esworkbench.lake._lake import DEFAULT_LOCK_TIMEOUT, Lake, LakeSummary, opened
 from esworkbench.lake._partitions import (
     PARTITION_SCHEMA,
     PartitionEntry,
@@ -54,6 +54,7 @@ from esworkbench.lake._writer import LakeWriter
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_LOCK_TIMEOUT",
     "PARTITION_SCHEMA",
     "EventFilter",
     "Lake",

@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +22,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from esworkbench.config import DEMO_LAKE, resolve_lake_path
 from esworkbench.errors import LakeError
 from esworkbench.events import ENVELOPE_SCHEMA, OCCURRED_AT_KEY
 from esworkbench.filters import EventFilter
@@ -33,10 +37,23 @@ if TYPE_CHECKING:
 
     from esworkbench.filters import FilterOptions
 
-__all__ = ["Lake", "LakeSummary", "opened"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "Lake", "LakeSummary", "opened"]
 
 _ENVELOPE_SELECT = _export.ENVELOPE_SELECT
 _DIGEST_VERSION = "lake-v1"
+# Seconds to wait for another process to let go of the lake before giving up: long enough for
+# a scheduled sync to finish its batch, short enough that a forgotten notebook is noticed.
+DEFAULT_LOCK_TIMEOUT = 60.0
+# DuckDB's lock error names the holder: '... Conflicting lock is held in /usr/bin/python3
+# (PID 1234) by user ann. ...' (the user part is missing on some platforms).
+_HOLDER = re.compile(
+    r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)"
+    r"(?P<user> by user \S+?)?[.;]?(?:\s|$)"
+)
+_HOW_TO_MAKE_ONE = (
+    f"make one with `make demo` (which builds {DEMO_LAKE}) or `esworkbench sync --lake PATH "
+    "--uri esdb://HOST:2113?tls=false` (or --archive FILE)"
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,37 +108,49 @@ class Lake:
     metadata's occurredAt does not parse, or lies more than a year after `created` or more
     than 100 years before it: `occurred_at` holds `created` instead).
 
+    DuckDB lets one process write a file, or several read it, at a time. Opening waits up to
+    `lock_timeout` seconds for another process (a running sync, a notebook holding the lake
+    open) to let go, saying once that it waits and for whom; hold a lake open only as long as
+    you use it (a ``with`` block, or the functions that take a path and open it per call).
+
     Args:
         path: the DuckDB file (created with its schema if missing, unless read_only).
         read_only: open without write access (several readers may share a file).
+        create: create a missing file (else a missing lake is an error that says how to make
+            one; read-only opens never create).
+        lock_timeout: seconds to wait for a lock held by another process (0: do not wait).
+        on_wait: called once with the message when opening has to wait (default: printed to
+            stderr, which a notebook shows under the cell).
 
     Example:
         >>> with Lake("data/lake/demo.duckdb", read_only=True) as lake:   # doctest: +SKIP
         ...     lake.read_events(category="user", event_types=["BalanceDeposited"])
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        create: bool = True,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.read_only = read_only
         self._fields = _views.FieldState()
-        if read_only and not self.path.exists():
-            raise LakeError(
-                f"no lake at {self.path}: sync into it first (esworkbench sync --lake PATH ...)"
-            )
+        if (read_only or not create) and not self.path.exists():
+            where = "" if self.path.is_absolute() else f" (from {Path.cwd()})"
+            raise LakeError(f"no lake at {self.path}{where}: {_HOW_TO_MAKE_ONE}")
+        existed = self.path.exists()
         if not read_only:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._con = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as e:
-            # The hint only where DuckDB says another process holds the file's lock; other
-            # causes (not a DuckDB file, no permission, a newer format) name themselves.
-            hint = (
-                " Another process may hold it open for writing (a running sync?): wait for it, "
-                "or open with read_only=True."
-                if "lock" in str(e).lower()
-                else ""
-            )
-            raise LakeError(f"cannot open the lake {self.path}: {e}.{hint}") from e
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except PermissionError as e:
+                raise _permission_error(self.path, read_only, str(e)) from e
+        self._con = _connect(self.path, read_only, lock_timeout, on_wait)
+        #: True when opening created the file (a first sync that fails removes it again).
+        self.created = not existed and self.path.exists()
         # UTC everywhere: `created` and `occurred_at` come back as UTC timestamps.
         q(self._con, "SET TimeZone = 'UTC'")
         if not read_only:
@@ -144,6 +173,12 @@ class Lake:
     def close(self) -> None:
         """Close the file (LazyFrames from scan_events cannot be collected after this)."""
         self._con.close()
+
+    def remove(self) -> None:
+        """Close the lake and delete its file (and DuckDB's write-ahead log beside it)."""
+        self.close()
+        for file in (self.path, self.path.with_name(self.path.name + ".wal")):
+            file.unlink(missing_ok=True)
 
     def __enter__(self) -> Lake:
         return self
@@ -536,7 +571,9 @@ def opened(lake: Lake | str | os.PathLike[str]) -> AbstractContextManager[Lake]:
     """`lake` itself if it is an open `Lake`, else its path opened read-only (and closed after).
 
     For calls that take "a lake or its path" (replay, reports): a path is held open only for
-    the duration of the call.
+    the duration of the call. A relative path that does not exist from the working directory
+    is looked up by `esworkbench.config.resolve_lake_path` (``ESWORKBENCH_LAKE``, then the
+    project root), so a notebook kernel started in ``notebooks/`` finds ``data/lake/...``.
 
     Example:
         >>> with opened("data/lake/demo.duckdb") as lake:                # doctest: +SKIP
@@ -544,4 +581,69 @@ def opened(lake: Lake | str | os.PathLike[str]) -> AbstractContextManager[Lake]:
     """
     if isinstance(lake, Lake):
         return nullcontext(lake)
-    return Lake(lake, read_only=True)
+    return Lake(resolve_lake_path(lake), read_only=True)
+
+
+def _connect(
+    path: Path, read_only: bool, timeout: float, on_wait: Callable[[str], None] | None
+) -> duckdb.DuckDBPyConnection:
+    """Connect, waiting for another process's lock up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    said = False
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:
+            text = str(e)
+            if "Permission denied" in text or "Read-only file system" in text:
+                raise _permission_error(path, read_only, text) from e
+            if "lock" not in text.lower():
+                raise LakeError(f"cannot open the lake {path}: {text}") from e
+            holder = _holder(text)
+            if time.monotonic() >= deadline:
+                raise LakeError(
+                    f"the lake {path} is still locked by {holder} after {timeout:g}s: DuckDB "
+                    "lets one process write a lake, or several read it, at a time. Let that "
+                    "process finish, or close the lake there (leave its `with Lake(...)` block, "
+                    "call lake.close(), or restart a notebook kernel holding it), then retry"
+                ) from e
+            if not said:
+                message = (
+                    f"waiting for the lake {path}: it is locked by {holder} (up to {timeout:g}s)"
+                )
+                if on_wait is None:
+                    print(message, file=sys.stderr, flush=True)
+                else:
+                    on_wait(message)
+                said = True
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 1.0)
+        except duckdb.ConnectionException as e:
+            # The same process already holds the file open in the other mode: waiting cannot help.
+            raise LakeError(
+                f"cannot open the lake {path} {'read-only' if read_only else 'for writing'}: this "
+                f"process already has it open in the other mode ({e}). Close that Lake first"
+            ) from e
+
+
+def _holder(text: str) -> str:
+    m = _HOLDER.search(text)
+    if m is None:
+        return "another process"
+    user = f", user {m['user'].removeprefix(' by user ')}" if m["user"] else ""
+    return f"PID {m['pid']} ({m['program']}{user})"
+
+
+def _permission_error(path: Path, read_only: bool, detail: str) -> LakeError:
+    if read_only:
+        fix = "give this user read access to it (chmod u+r), or copy it somewhere readable"
+    else:
+        fix = (
+            "give this user write access to the file and its directory (chmod u+w), or read it "
+            "with read_only=True (commands that only read open it that way)"
+        )
+    return LakeError(
+        f"no permission to {'read' if read_only else 'write'} the lake {path} (this is not a "
+        f"lock: {detail}): {fix}"
+    )

@@ -43,7 +43,7 @@ __all__ = [
 READ_MIME = "application/vnd.esworkbench.read+json"
 URI_ENV = "ESWORKBENCH_ESDB_URI"
 _DATETIME_FILTERS = ("since", "until")
-_ESDB_URI = re.compile(r"^esdb(\+discover)?://", re.IGNORECASE)
+_ESDB_URI = re.compile(r"^(esdb|kurrentdb)(\+discover)?://", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,7 +304,7 @@ def sync_first(
     """
     if not source:
         return None
-    from esworkbench.config import Settings
+    from esworkbench.config import Settings, resolve_lake_path
     from esworkbench.lake import Lake, sync
     from esworkbench.sources import EventSource
 
@@ -318,7 +318,7 @@ def sync_first(
         from esworkbench.sources.files import open_archive
 
         opened_source = open_archive(source)
-    with Lake(lake) as opened:
+    with Lake(resolve_lake_path(lake)) as opened:
         return sync(opened_source, opened, batch_size=settings.batch_size, progress=progress)
 
 

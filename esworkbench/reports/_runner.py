@@ -30,6 +30,7 @@ papermill, nbconvert, nbformat and vl-convert are imported inside the functions 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import hashlib
@@ -57,8 +58,11 @@ __all__ = [
     "ReportCellError",
     "ReportResult",
     "VerifyResult",
+    "accepts",
+    "list_reports",
     "notebook_parameters",
     "parse_parameters",
+    "read_parameters_file",
     "run_report",
     "verify_manifest",
 ]
@@ -81,6 +85,10 @@ _VERSIONED = (
     "ipykernel",
     "esdbclient",
 )
+# The kernel logs warnings to the terminal of whoever runs the report; the one about its TCP
+# transport being unencrypted concerns loopback sockets to a kernel the runner itself started,
+# so kernel warnings are kept out of scheduled runs' output (errors still show).
+_KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 
 # --- running -------------------------------------------------------------------------------
@@ -140,23 +148,93 @@ class ReportResult:
 
 
 def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, str]]:
-    """The parameters a notebook declares (its ``parameters`` cell): name -> default and help.
+    """The parameters a notebook declares (its ``parameters`` cell): name -> type, default, help.
+
+    The type is the cell's annotation (``top_n: "Optional[int]" = 10``, which papermill's
+    ``--help-notebook`` shows too), else the type of the default (``resample = "1d"``: str); a
+    parameter whose default is None and that has no annotation takes any value ("any").
 
     Example:
         >>> notebook_parameters("notebooks/balance_timeline.ipynb")["top_n"]  # doctest: +SKIP
-        {'default': '10', 'help': 'chart the N accounts with the most events in the window ...'}
+        {'type': 'Optional[int]', 'default': '10', 'help': 'chart the N accounts with ...'}
     """
     import papermill
 
     declared = papermill.inspect_notebook(str(_notebook_path(notebook)))
     return {
-        name: {"default": str(info["default"]), "help": str(info["help"] or "")}
+        name: {
+            "type": _declared_type(info["inferred_type_name"], str(info["default"])),
+            "default": str(info["default"]),
+            "help": str(info["help"] or ""),
+        }
         for name, info in declared.items()
     }
 
 
-def parse_parameters(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+def list_reports(notebooks_dir: str | Path | None = None) -> dict[str, dict[str, dict[str, str]]]:
+    """The report notebooks there are, by name, each with its parameters (`notebook_parameters`).
+
+    Looked up as ``run_report`` does: `notebooks_dir`, else ``./notebooks`` and the package's own
+    (the first of a name wins).
+
+    Example:
+        >>> sorted(list_reports(NOTEBOOKS_DIR))
+        ['anomaly_report', 'balance_timeline', 'projection_rebuild']
+    """
+    found: dict[str, dict[str, dict[str, str]]] = {}
+    for directory in _notebook_dirs(notebooks_dir):
+        for path in sorted(directory.glob("*.ipynb")) if directory.is_dir() else []:
+            if path.stem not in found:
+                found[path.stem] = notebook_parameters(path)
+    return dict(sorted(found.items()))
+
+
+def accepts(type_name: str, value: Any) -> bool:
+    """Whether `value` fits a parameter type as `notebook_parameters` spells it.
+
+    Types: ``str``, ``int`` (not bool), ``float`` (ints too), ``bool``, ``list[X]``, ``dict``,
+    ``Optional[X]``, ``Union[X, Y]``, ``X | Y``, ``None`` and ``any``; a type name it does not
+    know accepts anything (the notebook then decides).
+
+    Example:
+        >>> accepts("Optional[int]", 5), accepts("Optional[int]", None), accepts("int", "five")
+        (True, True, False)
+    """
+    text = type_name.strip()
+    alternatives = _split_top(text, "|")
+    if len(alternatives) > 1:
+        return any(accepts(t, value) for t in alternatives)
+    head, inner = _generic(text)
+    if head in ("Optional", "typing.Optional"):
+        return value is None or accepts(inner[0] if inner else "any", value)
+    if head in ("Union", "typing.Union"):
+        return any(accepts(t, value) for t in inner)
+    if head in ("list", "List", "tuple", "Sequence"):
+        return isinstance(value, list | tuple) and all(
+            accepts(inner[0] if inner else "any", v) for v in value
+        )
+    if head in ("dict", "Dict", "Mapping"):
+        return isinstance(value, dict)
+    simple: dict[str, Any] = {
+        "str": lambda v: isinstance(v, str),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "bool": lambda v: isinstance(v, bool),
+        "None": lambda v: v is None,
+        "NoneType": lambda v: v is None,
+    }
+    check = simple.get(head)
+    return True if check is None else bool(check(value))
+
+
+def parse_parameters(
+    pairs: Iterable[tuple[str, str]], declared: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, Any]:
     """Command-line ``-p key value`` pairs as typed values: JSON when it parses, else text.
+
+    With `declared` (from `notebook_parameters`), a value whose JSON reading does not fit its
+    parameter's type but whose text does stays text: ``-p until 2024`` for a ``str`` parameter
+    is ``"2024"``, not the number.
 
     Example:
         >>> parse_parameters([("top_n", "5"), ("user_ids", '["1", "2"]'), ("every", "1d"),
@@ -166,10 +244,38 @@ def parse_parameters(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     parsed: dict[str, Any] = {}
     for key, raw in pairs:
         try:
-            parsed[key] = json.loads(raw)
+            value = json.loads(raw)
         except ValueError:
-            parsed[key] = None if raw == "None" else raw
+            value = None if raw == "None" else raw
+        wanted = (declared or {}).get(key, {}).get("type")
+        if wanted is not None and not accepts(wanted, value) and accepts(wanted, raw):
+            value = raw
+        parsed[key] = value
     return parsed
+
+
+def read_parameters_file(path: str | Path) -> dict[str, Any]:
+    """Parameters from a YAML (or JSON) file holding one mapping, as papermill's ``-f`` reads.
+
+    Example:
+        >>> read_parameters_file("params.yaml")  # doctest: +SKIP
+        {'top_n': 5, 'resample': '1w'}
+    """
+    import yaml
+
+    file = Path(path)
+    try:
+        loaded = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ReportError(f"cannot read the parameters file {file}: {e}") from e
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+        raise ReportError(
+            f"the parameters file {file} must hold one mapping of parameter names to values "
+            f"(such as 'top_n: 5'), got {type(loaded).__name__}"
+        )
+    return loaded
 
 
 def run_report(
@@ -229,11 +335,17 @@ def run_report(
                 progress_bar=False,
                 log_output=False,
                 execution_timeout=timeout,
+                extra_arguments=_KERNEL_ARGUMENTS,
             )
     except PapermillExecutionError as e:
         failure = _cell_failure(e, source_nb)
     except Exception as e:  # kernel death, timeouts, bad notebooks: keep what exists, say so
         failure = {"stage": "execute", "ename": type(e).__name__, "evalue": mask_uri(str(e))}
+        if type(e).__name__ == "CellTimeoutError":
+            failure["evalue"] = (
+                f"a cell ran longer than the timeout of {timeout:g}s and was stopped; give "
+                f"more time (--timeout), or read less (narrow the filters). {failure['evalue']}"
+            )
     t1 = time.perf_counter()
     nb_json = json.loads(executed.read_text()) if executed.exists() else {}
     reads = reads_in_notebook(nb_json)
@@ -440,9 +552,7 @@ def _notebook_path(name: str | Path, notebooks_dir: str | Path | None = None) ->
         if not candidate.exists():
             raise ReportError(f"notebook {candidate} does not exist")
         return candidate.resolve()
-    dirs = (
-        [Path(notebooks_dir)] if notebooks_dir is not None else [Path("notebooks"), NOTEBOOKS_DIR]
-    )
+    dirs = _notebook_dirs(notebooks_dir)
     # A name is a file name inside the report directories: "../x" or "sub/x" would run a
     # notebook from elsewhere (a path to an .ipynb file is the way to do that on purpose).
     if candidate.name != str(name) or candidate.name in ("", ".", ".."):
@@ -460,6 +570,46 @@ def _notebook_path(name: str | Path, notebooks_dir: str | Path | None = None) ->
     )
 
 
+def _notebook_dirs(notebooks_dir: str | Path | None) -> list[Path]:
+    if notebooks_dir is not None:
+        return [Path(notebooks_dir)]
+    return [Path("notebooks"), NOTEBOOKS_DIR]
+
+
+def _declared_type(annotation: Any, default: str) -> str:
+    """The type of a parameter: its annotation, else the type of its default's value."""
+    if annotation not in (None, "None", ""):
+        return str(annotation)
+    try:
+        value = ast.literal_eval(default)
+    except (ValueError, SyntaxError):
+        return "any"  # an expression (a call, a name): nothing to check against
+    if value is None:
+        return "any"
+    return type(value).__name__
+
+
+def _generic(text: str) -> tuple[str, list[str]]:
+    """``"Optional[list[str]]"`` -> ``("Optional", ["list[str]"])``."""
+    if text.endswith("]") and "[" in text:
+        head, _, rest = text.partition("[")
+        return head.strip(), _split_top(rest[:-1], ",")
+    return text, []
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split at `sep` outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == sep and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
 def _prepare_parameters(
     notebook: Path, lake: str | Path, given: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
@@ -469,12 +619,24 @@ def _prepare_parameters(
     unknown = sorted(set(wanted) - set(declared))
     if unknown:
         valid = "; ".join(
-            f"{k} (default {v['default']}{': ' + v['help'] if v['help'] else ''})"
+            f"{k} ({v['type']}, default {v['default']}{': ' + v['help'] if v['help'] else ''})"
             for k, v in sorted(declared.items())
         )
         raise ReportError(
             f"unknown parameter(s) {unknown} for report {notebook.stem!r}; "
             f"valid parameters: {sorted(declared)}. {valid}"
+        )
+    mismatched = [
+        f"{key} must be {declared[key]['type']} (default {declared[key]['default']}), got "
+        f"{_mask(value)!r} ({type(value).__name__})"
+        for key, value in wanted.items()
+        if not accepts(declared[key]["type"], value)
+    ]
+    if mismatched:
+        raise ReportError(
+            f"parameter(s) of report {notebook.stem!r} with the wrong type: "
+            f"{'; '.join(mismatched)}. On the command line, values are read as JSON "
+            '(5, 2.5, true, null, ["1", "2"]) and anything else is text'
         )
     injected: dict[str, Any] = {}
     env: dict[str, str] = {}

@@ -13,6 +13,7 @@ before it. Money stays Decimal throughout; only the charts turn it into floats.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,6 +92,13 @@ class BalanceReport:
 
     def describe(self) -> str:
         """One paragraph: what was read, replayed and charted."""
+        if self.read.event_count == 0:
+            scope = json.dumps(self.read.filters) if self.read.filters else "all events"
+            return (
+                f"No events in the lake match this report's scope ({scope}): the sections "
+                "below are empty. Check the filters (user_ids, stream_prefix, since, until), "
+                "or sync the lake first."
+            )
         span = f"from {_iso(self.since)} " if self.since else ""
         span += (
             f"until {_iso(self.until)}"
@@ -161,6 +169,13 @@ def balance_report(
             f"the {cls.__qualname__} state has no field {value!r}; state fields: "
             f"{[c for c in full.columns if c not in events.columns]}"
         )
+    # With no event in scope a fresh aggregate's state columns have no type: give the money
+    # columns theirs, so every section comes out empty instead of failing.
+    full = full.with_columns(
+        pl.col(c).cast(pl.Decimal(38, 2))
+        for c in (value, recorded)
+        if c is not None and c in full.columns and full.schema[c] == pl.Null
+    )
     charted = most_active(full, top_n, since=start, until=end)
     if every is None:
         every = _auto_every(full, start, end, streams=len(charted))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from esworkbench.config import resolve_lake_path
 from esworkbench.lake import Lake
 from esworkbench.projections import (
     Comparison,
@@ -98,7 +99,9 @@ def projection_report(
     types = set(spec.event_types())
     if compare_with:
         types |= set(resolve_projection(compare_with).event_types())
-    with Lake(lake) as lake_:
+    # Read models are written into the lake, so it is opened for writing, but never created:
+    # a lake path that names nothing is a mistake to report, not an empty lake to make.
+    with Lake(resolve_lake_path(lake), create=False) as lake_:
         first, last = pin_window(lake_, first_position, last_position)
         _, record = read_recorded(
             lake_, event_types=sorted(types), from_position=first, to_position=last

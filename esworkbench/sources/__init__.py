@@ -139,8 +139,8 @@ def open_source(
 ) -> EventSource:
     """The source for a location.
 
-    An EventStoreDB connection string (esdb://, esdb+discover://) or the path of an archive (.jsonl,
-    .jsonl.gz, .parquet).
+    An EventStoreDB connection string (esdb://, esdb+discover://, or KurrentDB's kurrentdb:// and
+    kurrentdb+discover://) or the path of an archive (.jsonl, .jsonl.gz, .parquet).
 
     `reader` and `follow` apply to EventStoreDB only.
 

@@ -42,7 +42,7 @@ from esdbclient.connection_spec import ConnectionSpec
 from esdbclient.exceptions import EventStoreDBClientException
 from esdbclient.protos.Grpc import shared_pb2, streams_pb2, streams_pb2_grpc
 
-from esworkbench.config import check_esdb_uri, mask_uri
+from esworkbench.config import check_esdb_uri, esdbclient_uri, mask_uri
 from esworkbench.errors import ConfigError, SourceError
 from esworkbench.events import RAW_SCHEMA
 from esworkbench.sources import EventFilter, SourceBatch
@@ -93,8 +93,8 @@ class EsdbSource:
     """Events of an EventStoreDB `$all`, after a position, optionally filtered and followed.
 
     Args:
-        uri: an esdb:// or esdb+discover:// connection string (credentials allowed; they never
-            appear in keys, descriptions or errors).
+        uri: an esdb://, esdb+discover://, kurrentdb:// or kurrentdb+discover:// connection
+            string (credentials allowed; they never appear in keys, descriptions or errors).
         reader: "fast" (own decode on a single-threaded channel) or "plain" (esdbclient).
         filter: which events (EventFilter); system events are left out unless it says so.
         follow: keep reading live events after catching up, until the sync is stopped.
@@ -124,12 +124,12 @@ class EsdbSource:
         # Checked here, before any library sees it: esdbclient would read part of a password
         # holding '@' as a host name and quote it in keys and errors.
         check_esdb_uri(uri, name="the EventStoreDB connection string")
+        # KurrentDB's schemes name the same protocol; esdbclient knows only its own names.
+        self._client_uri = esdbclient_uri(uri)
         try:
-            ConnectionSpec(uri)
+            ConnectionSpec(self._client_uri)
         except ValueError as e:
-            raise ConfigError(
-                f"not an EventStoreDB connection string: {mask_uri(uri)!r} ({_mask(str(e), uri)})"
-            ) from None
+            raise ConfigError(_spec_problem(uri, str(e))) from None
         self.uri = uri
         self.reader: Reader = reader
         self.filter = filter or EventFilter()
@@ -152,12 +152,9 @@ class EsdbSource:
     def key(self) -> str:
         """`esdb://[user@]host:port[,host:port]` plus the filter: no password, no options."""
         try:
-            spec = ConnectionSpec(self.uri)
+            spec = ConnectionSpec(self._client_uri)
         except ValueError as e:
-            raise ConfigError(
-                f"not an EventStoreDB connection string: {self.masked_uri} "
-                f"({_mask(str(e), self.uri)})"
-            ) from None
+            raise ConfigError(_spec_problem(self.uri, str(e))) from None
         user = f"{spec.username}@" if spec.username else ""
         text = f"{spec.scheme}://{user}{','.join(spec.targets)}"
         conditions = self.filter.describe()
@@ -180,7 +177,7 @@ class EsdbSource:
     def _connect(self) -> EventStoreDBClient:
         if self._client is None:
             try:
-                self._client = _Client(self.uri, root_certificates=self._root_certificates)
+                self._client = _Client(self._client_uri, root_certificates=self._root_certificates)
             except (EventStoreDBClientException, ValueError) as e:
                 raise SourceError(
                     f"cannot connect to EventStoreDB at {self.masked_uri}: "
@@ -237,6 +234,16 @@ class EsdbSource:
             if isinstance(e, grpc.RpcError)
             else (f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         )
+        if "ssl" in detail.lower() and "handshake" in detail.lower():
+            # A TLS client talking to a plaintext server: the handshake gets an HTTP/2 frame
+            # back (WRONG_VERSION_NUMBER). The fix is in the URI, not the server.
+            return SourceError(
+                f"EventStoreDB at {self.masked_uri} did not answer the TLS handshake (the URI "
+                "asks for TLS, the default, and the server answered in plain text). If the "
+                "server runs insecure (the dev server, KurrentDB with --insecure), say so in "
+                f"the URI: {_tls_false(self.masked_uri)}; otherwise check the server's "
+                "certificate (tlsCaFile=...)"
+            )
         return SourceError(
             f"EventStoreDB at {self.masked_uri} failed while {doing} after {where}: "
             f"{_mask(detail, self.uri)}. Check that the server is running and reachable; "
@@ -458,7 +465,34 @@ def _grpc_detail(e: grpc.RpcError) -> str:
     return f"{code.name if code is not None else 'gRPC error'}: {details}"
 
 
+def _tls_false(uri: str) -> str:
+    """The (masked) URI with ``tls=false`` set."""
+    if "tls=true" in uri.lower():
+        start = uri.lower().index("tls=true")
+        return uri[:start] + "tls=false" + uri[start + len("tls=true") :]
+    return uri + ("&" if "?" in uri else "?") + "tls=false"
+
+
+def _spec_problem(uri: str, detail: str) -> str:
+    """Why esdbclient refused a connection string, with the fix when it is a known one."""
+    problem = f"not an EventStoreDB connection string: {mask_uri(uri)!r} ({_mask(detail, uri)})"
+    if "Username and password are required" in detail:
+        # esdbclient demands credentials whenever TLS is on, and TLS is on unless the URI
+        # says tls=false: most often the URI of an insecure server missing that option.
+        problem = (
+            f"{mask_uri(uri)!r} asks for TLS (on unless the URI says tls=false), and with TLS "
+            "the client needs a user name and password. For a server running insecure (the "
+            f"dev server, KurrentDB with --insecure) add tls=false: {_tls_false(mask_uri(uri))}; "
+            "for a secure one add the credentials: esdb://USER:PASSWORD@HOST:2113"
+        )
+    return problem
+
+
 def _mask(text: str, uri: str) -> str:
-    # Library messages may quote the connection string; never let its password through.
-    masked = mask_uri(uri)
-    return text.replace(uri, masked) if uri != masked else text
+    # Library messages may quote the connection string (as given, or as translated for the
+    # client); never let its password through.
+    for form in (uri, esdbclient_uri(uri)):
+        masked = mask_uri(form)
+        if form != masked:
+            text = text.replace(form, masked)
+    return text

@@ -19,7 +19,7 @@ import re
 from esdbclient import EventStoreDBClient
 from esdbclient.exceptions import EventStoreDBClientException
 
-from esworkbench.config import mask_uri
+from esworkbench.config import esdbclient_uri, mask_uri
 from esworkbench.errors import SourceError
 
 __all__ = ["SubscriptionGroupInfo", "read_subscription_info"]
@@ -71,7 +71,7 @@ def read_subscription_info(
         0
     """
     try:
-        client = EventStoreDBClient(uri)
+        client = EventStoreDBClient(esdbclient_uri(uri))
     except (EventStoreDBClientException, ValueError) as e:
         raise SourceError(f"cannot connect to EventStoreDB at {mask_uri(uri)}: {e}") from None
     try:

@@ -76,8 +76,8 @@ def test_a_lake_held_by_another_process_is_a_clear_error(tmp_path: Path) -> None
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
-        with pytest.raises(LakeError, match="Another process may hold it open"):
-            Lake(path)
+        with pytest.raises(LakeError, match=f"still locked by PID {holder.pid}"):
+            Lake(path, lock_timeout=0.2, on_wait=lambda _: None)
     finally:
         holder.communicate("")
 

@@ -233,3 +233,27 @@ def test_the_default_report_charts_two_years_of_data(tmp_path: Any) -> None:
     charts.bank_total(report.totals)
     short = tl.balance_report(lake.path, on_error="skip", until="2024-02-01")
     assert short.every == "1d"
+
+
+def test_a_scope_that_matches_nothing_renders_a_report_that_says_so(tmp_path: Path) -> None:
+    from esworkbench import reports
+    from esworkbench.events import archive_line
+    from esworkbench.examples.bank.sample import generate
+    from esworkbench.lake import Lake, sync
+    from esworkbench.sources.files import open_archive
+
+    archive = tmp_path / "ledger.jsonl"
+    archive.write_text("\n".join(archive_line(e) for e in generate(users=3, seed=2, days=5).events))
+    lake = tmp_path / "lake.duckdb"
+    with Lake(lake) as opened:
+        sync(open_archive(archive), opened)
+
+    result = reports.run_report(
+        "balance_timeline",
+        lake=lake,
+        parameters={"stream_prefix": "nobody-"},
+        out_dir=tmp_path / "reports",
+    )
+
+    assert result.ok
+    assert "No events in the lake match this report" in result.html.read_text()

@@ -279,7 +279,7 @@ def test_unknown_parameters_are_refused_with_the_valid_list(tmp_path: Path) -> N
         "valid parameters: ['aggregate', 'currency', 'lake', 'on_error', 'resample', 'since', "
         "'source', 'stream_prefix', 'top_n', 'until', 'user_ids']"
     ) in message
-    assert "top_n (default 10: chart the N accounts" in message
+    assert "top_n (Optional[int], default 10: chart the N accounts" in message
     assert list(tmp_path.iterdir()) == []  # refused before anything ran
 
 
