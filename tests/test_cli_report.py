@@ -81,7 +81,7 @@ def test_papermill_help_shows_the_parameter_types() -> None:
         timeout=60,
     ).stdout
     assert "top_n: Optional[int] (default 10)" in out
-    assert 'resample: Optional[str] (default None)' in out
+    assert "resample: Optional[str] (default None)" in out
 
 
 def test_a_scheduled_run_reads_a_parameters_file_and_logs_no_noise(tmp_path: Path) -> None:
