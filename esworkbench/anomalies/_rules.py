@@ -16,7 +16,6 @@ name aggregates: ``mypkg.rules:LargeCashWithdrawal`` (a class, an instance, or a
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -26,6 +25,7 @@ import polars as pl
 from esworkbench.errors import ConfigError
 from esworkbench.findings import Severity
 from esworkbench.fold import AggregateSpec, Replay, replay_frame, resolve_aggregate, with_rejected
+from esworkbench.imports import import_object
 
 if TYPE_CHECKING:
     from esworkbench.aggregates import AggregateRoot
@@ -264,19 +264,4 @@ def resolve_rules(spec: RuleSpec) -> list[Rule]:
 
 
 def _import(path: str) -> Any:
-    module_name, sep, qualname = path.partition(":")
-    if not sep or not module_name or not qualname:
-        raise ConfigError(
-            f"rule {path!r} is not an import path; write 'package.module:Name', e.g. "
-            "'esworkbench.examples.bank.rules:RULES'"
-        )
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"cannot import {module_name!r} for rule {path!r}: {e}") from e
-    for part in qualname.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigError(f"module {module_name!r} has no {qualname!r}") from None
-    return target
+    return import_object(path, what="rule", example="esworkbench.examples.bank.rules:RULES")

@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import re
 from collections.abc import Callable
 from datetime import datetime
@@ -35,6 +34,7 @@ import pyarrow as pa
 
 from esworkbench.errors import ConfigError
 from esworkbench.events import EventRegistry
+from esworkbench.imports import import_object
 from esworkbench.lake import read_model_schema
 
 __all__ = [
@@ -292,19 +292,6 @@ def resolve_projection(projection: ProjectionLike) -> ProjectionSpec:
 
 
 def _import(path: str) -> Any:
-    module_name, sep, qualname = path.partition(":")
-    if not sep or not module_name or not qualname:
-        raise ConfigError(
-            f"projection {path!r} is not an import path; write 'package.module:Class', e.g. "
-            "'esworkbench.examples.bank.projections:AccountSummaryV1'"
-        )
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigError(f"cannot import {module_name!r} for projection {path!r}: {e}") from e
-    for part in qualname.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigError(f"module {module_name!r} has no {qualname!r}") from None
-    return target
+    return import_object(
+        path, what="projection", example="esworkbench.examples.bank.projections:AccountSummaryV1"
+    )

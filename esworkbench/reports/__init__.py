@@ -1,8 +1,10 @@
 """Report notebooks: run them with papermill, render offline HTML, pin what they read.
 
-The public face of the reports stage. Inside: `_runner` (papermill runs, manifests, verify),
-`_record` (the kernel-side helpers a notebook calls: `read_recorded`, `setup_notebook`,
-`sync_first`), `_html` (offline HTML), and one module per report (`balance_timeline`) holding the
+The public face of the reports stage. Inside: `_runner` (papermill runs and manifests),
+`_parameters` (declared, typed, checked parameters; where notebooks are found), `_verify`
+(re-reading what a report read), `_record` (the kernel-side helpers a notebook calls:
+`read_recorded`, `setup_notebook`, `sync_first`, `table`), `_html` (offline HTML), and one
+module per report (`balance_timeline`, `anomaly_report`, `projection_rebuild`) holding the
 computations its notebook shows. The notebooks themselves ship in ``reports/notebooks/``.
 
 papermill, nbconvert, nbformat and vl-convert are imported inside the functions that use them,
@@ -15,6 +17,14 @@ Example:
 """
 
 from esworkbench.reports._html import external_urls, render_html
+from esworkbench.reports._parameters import (
+    NOTEBOOKS_DIR,
+    accepts,
+    list_reports,
+    notebook_parameters,
+    parse_parameters,
+    read_parameters_file,
+)
 from esworkbench.reports._record import (
     READ_MIME,
     URI_ENV,
@@ -26,19 +36,8 @@ from esworkbench.reports._record import (
     sync_first,
     table,
 )
-from esworkbench.reports._runner import (
-    NOTEBOOKS_DIR,
-    ReportCellError,
-    ReportResult,
-    VerifyResult,
-    accepts,
-    list_reports,
-    notebook_parameters,
-    parse_parameters,
-    read_parameters_file,
-    run_report,
-    verify_manifest,
-)
+from esworkbench.reports._runner import ReportCellError, ReportResult, run_report
+from esworkbench.reports._verify import VerifyResult, verify_manifest
 
 __all__ = [
     "NOTEBOOKS_DIR",

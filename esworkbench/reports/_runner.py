@@ -30,7 +30,6 @@ papermill, nbconvert, nbformat and vl-convert are imported inside the functions 
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import dataclasses
 import hashlib
@@ -38,7 +37,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -47,31 +46,29 @@ from typing import Any
 from esworkbench.config import mask_uri
 from esworkbench.errors import ReportError
 from esworkbench.reports._html import render_html
+from esworkbench.reports._parameters import (
+    _mask,
+    _notebook_path,
+    _prepare_parameters,
+    notebook_parameters,
+)
 from esworkbench.reports._record import (
-    URI_ENV,
     ReadRecord,
     reads_in_notebook,
 )
+from esworkbench.reports._verify import _sha256
 
 __all__ = [
-    "NOTEBOOKS_DIR",
+    "MANIFEST_VERSION",
+    "REPORT_DIR_PARAMETER",
     "ReportCellError",
     "ReportResult",
-    "VerifyResult",
-    "accepts",
-    "list_reports",
-    "notebook_parameters",
-    "parse_parameters",
-    "read_parameters_file",
     "run_report",
-    "verify_manifest",
 ]
 
 MANIFEST_VERSION = 1
 # A notebook parameter the runner fills with the report's own directory, when declared.
 REPORT_DIR_PARAMETER = "report_dir"
-# The report notebooks ship inside the package, so a plain `pip install` can run every report.
-NOTEBOOKS_DIR = Path(__file__).resolve().parent / "notebooks"
 _VERSIONED = (
     "esworkbench",
     "polars",
@@ -145,137 +142,6 @@ class ReportResult:
             f"{m['first_position']}..{m['last_position']}, digest {m['digest']})\n"
             f"  html:     {self.html}\n  manifest: {self.manifest_path}"
         )
-
-
-def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, str]]:
-    """The parameters a notebook declares (its ``parameters`` cell): name -> type, default, help.
-
-    The type is the cell's annotation (``top_n: "Optional[int]" = 10``, which papermill's
-    ``--help-notebook`` shows too), else the type of the default (``resample = "1d"``: str); a
-    parameter whose default is None and that has no annotation takes any value ("any").
-
-    Example:
-        >>> notebook_parameters("notebooks/balance_timeline.ipynb")["top_n"]  # doctest: +SKIP
-        {'type': 'Optional[int]', 'default': '10', 'help': 'chart the N accounts with ...'}
-    """
-    import papermill
-
-    declared = papermill.inspect_notebook(str(_notebook_path(notebook)))
-    return {
-        name: {
-            "type": _declared_type(info["inferred_type_name"], str(info["default"])),
-            "default": str(info["default"]),
-            "help": str(info["help"] or ""),
-        }
-        for name, info in declared.items()
-    }
-
-
-def list_reports(notebooks_dir: str | Path | None = None) -> dict[str, dict[str, dict[str, str]]]:
-    """The report notebooks there are, by name, each with its parameters (`notebook_parameters`).
-
-    Looked up as ``run_report`` does: `notebooks_dir`, else ``./notebooks`` and the package's own
-    (the first of a name wins).
-
-    Example:
-        >>> sorted(list_reports(NOTEBOOKS_DIR))
-        ['anomaly_report', 'balance_timeline', 'projection_rebuild']
-    """
-    found: dict[str, dict[str, dict[str, str]]] = {}
-    for directory in _notebook_dirs(notebooks_dir):
-        for path in sorted(directory.glob("*.ipynb")) if directory.is_dir() else []:
-            if path.stem not in found:
-                found[path.stem] = notebook_parameters(path)
-    return dict(sorted(found.items()))
-
-
-def accepts(type_name: str, value: Any) -> bool:
-    """Whether `value` fits a parameter type as `notebook_parameters` spells it.
-
-    Types: ``str``, ``int`` (not bool), ``float`` (ints too), ``bool``, ``list[X]``, ``dict``,
-    ``Optional[X]``, ``Union[X, Y]``, ``X | Y``, ``None`` and ``any``; a type name it does not
-    know accepts anything (the notebook then decides).
-
-    Example:
-        >>> accepts("Optional[int]", 5), accepts("Optional[int]", None), accepts("int", "five")
-        (True, True, False)
-    """
-    text = type_name.strip()
-    alternatives = _split_top(text, "|")
-    if len(alternatives) > 1:
-        return any(accepts(t, value) for t in alternatives)
-    head, inner = _generic(text)
-    if head in ("Optional", "typing.Optional"):
-        return value is None or accepts(inner[0] if inner else "any", value)
-    if head in ("Union", "typing.Union"):
-        return any(accepts(t, value) for t in inner)
-    if head in ("list", "List", "tuple", "Sequence"):
-        return isinstance(value, list | tuple) and all(
-            accepts(inner[0] if inner else "any", v) for v in value
-        )
-    if head in ("dict", "Dict", "Mapping"):
-        return isinstance(value, dict)
-    simple: dict[str, Any] = {
-        "str": lambda v: isinstance(v, str),
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-        "bool": lambda v: isinstance(v, bool),
-        "None": lambda v: v is None,
-        "NoneType": lambda v: v is None,
-    }
-    check = simple.get(head)
-    return True if check is None else bool(check(value))
-
-
-def parse_parameters(
-    pairs: Iterable[tuple[str, str]], declared: Mapping[str, Mapping[str, str]] | None = None
-) -> dict[str, Any]:
-    """Command-line ``-p key value`` pairs as typed values: JSON when it parses, else text.
-
-    With `declared` (from `notebook_parameters`), a value whose JSON reading does not fit its
-    parameter's type but whose text does stays text: ``-p until 2024`` for a ``str`` parameter
-    is ``"2024"``, not the number.
-
-    Example:
-        >>> parse_parameters([("top_n", "5"), ("user_ids", '["1", "2"]'), ("every", "1d"),
-        ...                   ("since", "null")])
-        {'top_n': 5, 'user_ids': ['1', '2'], 'every': '1d', 'since': None}
-    """
-    parsed: dict[str, Any] = {}
-    for key, raw in pairs:
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = None if raw == "None" else raw
-        wanted = (declared or {}).get(key, {}).get("type")
-        if wanted is not None and not accepts(wanted, value) and accepts(wanted, raw):
-            value = raw
-        parsed[key] = value
-    return parsed
-
-
-def read_parameters_file(path: str | Path) -> dict[str, Any]:
-    """Parameters from a YAML (or JSON) file holding one mapping, as papermill's ``-f`` reads.
-
-    Example:
-        >>> read_parameters_file("params.yaml")  # doctest: +SKIP
-        {'top_n': 5, 'resample': '1w'}
-    """
-    import yaml
-
-    file = Path(path)
-    try:
-        loaded = yaml.safe_load(file.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ReportError(f"cannot read the parameters file {file}: {e}") from e
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
-        raise ReportError(
-            f"the parameters file {file} must hold one mapping of parameter names to values "
-            f"(such as 'top_n: 5'), got {type(loaded).__name__}"
-        )
-    return loaded
 
 
 def run_report(
@@ -411,252 +277,7 @@ def run_report(
     return result
 
 
-# --- verifying -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ReadCheck:
-    """One recorded read, re-done against the lake."""
-
-    filters: dict[str, Any]
-    expected_digest: str
-    actual_digest: str
-    expected_count: int
-    actual_count: int
-    history_unchanged: bool | None
-
-    @property
-    def matches(self) -> bool:
-        """True when the lake still answers the read with the same events."""
-        return self.expected_digest == self.actual_digest
-
-
-@dataclasses.dataclass(frozen=True)
-class VerifyResult:
-    """Whether a report still matches its data and its files.
-
-    Attributes:
-        matches: every recorded read yields the same digest from the lake today.
-        files_intact: the executed notebook and the HTML hash as when written.
-        checks: one per recorded read.
-        problems: human-readable reasons, empty when all is well.
-    """
-
-    manifest_path: Path
-    lake: Path
-    matches: bool
-    files_intact: bool
-    checks: tuple[ReadCheck, ...]
-    problems: tuple[str, ...]
-
-    @property
-    def ok(self) -> bool:
-        """Data and files both as recorded."""
-        return self.matches and self.files_intact
-
-    def __str__(self) -> str:
-        if self.ok:
-            reads = sum(c.expected_count for c in self.checks)
-            return f"OK: {self.manifest_path} matches {self.lake} ({reads:,} events re-read)"
-        return "MISMATCH: " + "; ".join(self.problems)
-
-
-def verify_manifest(path: str | Path, *, lake: str | Path | None = None) -> VerifyResult:
-    """Re-read what a report read and say whether its data (and files) are unchanged.
-
-    Args:
-        path: a report's ``manifest.json`` (or its directory); or a notebook executed by plain
-            papermill, whose read records are checked the same way (it has no file hashes).
-        lake: the lake to check against (default: the lake path recorded).
-
-    Example:
-        >>> print(verify_manifest("reports/balance_timeline/20250101T000000Z/manifest.json"))
-        ... # doctest: +SKIP
-        OK: ... matches ... (1,234 events re-read)
-    """
-    from esworkbench.lake import Lake
-
-    manifest_path = Path(path)
-    if manifest_path.is_dir():
-        manifest_path = manifest_path / "manifest.json"
-    try:
-        document = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as e:
-        raise ReportError(f"cannot read report manifest {manifest_path}: {e}") from e
-    if manifest_path.suffix == ".ipynb":
-        reads = reads_in_notebook(document)
-        manifest: dict[str, Any] = {"lake": {"path": reads[0].lake if reads else ""}}
-    else:
-        manifest = document
-        reads = [ReadRecord.from_json(r) for r in manifest.get("reads", [])]
-    lake_path = Path(lake) if lake is not None else Path(manifest["lake"]["path"])
-    if not lake_path.is_file():
-        raise ReportError(
-            f"the lake {lake_path} of {manifest_path} does not exist; pass "
-            "lake= (or --lake) to check against a copy"
-        )
-    problems: list[str] = []
-    if not reads:
-        problems.append("the manifest records no reads, so there is nothing to verify")
-    checks = []
-    with Lake(lake_path, read_only=True) as opened:
-        for record in reads:
-            filters = record.lake_filters()
-            actual = opened.digest(**filters)
-            count = record.event_count
-            pinned = None
-            if actual != record.digest and record.last_position is not None:
-                # Same filters up to the last position read: tells new events from changed ones.
-                pinned_filters = {
-                    **filters,
-                    "to_position": min(
-                        record.last_position, filters.get("to_position", record.last_position)
-                    ),
-                }
-                pinned = opened.digest(**pinned_filters) == record.digest
-                count = opened.read_events(**filters).height
-            checks.append(
-                ReadCheck(record.filters, record.digest, actual, record.event_count, count, pinned)
-            )
-    for check in checks:
-        if check.matches:
-            continue
-        what = (
-            "events were added in scope; the events read are unchanged"
-            if check.history_unchanged
-            else "events the report read were changed or removed"
-        )
-        problems.append(
-            f"read {json.dumps(check.filters)}: digest {check.actual_digest} != "
-            f"recorded {check.expected_digest} ({check.actual_count:,} events now, "
-            f"{check.expected_count:,} then; {what})"
-        )
-    files_intact = True
-    for name, digest in manifest.get("files", {}).items():
-        file = manifest_path.parent / name
-        if not file.exists() or _sha256(file) != digest:
-            files_intact = False
-            problems.append(f"{name} is missing or was modified since the report was written")
-    matches = bool(reads) and all(c.matches for c in checks)
-    return VerifyResult(
-        manifest_path, lake_path, matches, files_intact, tuple(checks), tuple(problems)
-    )
-
-
 # --- helpers -------------------------------------------------------------------------------
-
-
-def _notebook_path(name: str | Path, notebooks_dir: str | Path | None = None) -> Path:
-    candidate = Path(name)
-    if candidate.suffix == ".ipynb":
-        if not candidate.exists():
-            raise ReportError(f"notebook {candidate} does not exist")
-        return candidate.resolve()
-    dirs = _notebook_dirs(notebooks_dir)
-    # A name is a file name inside the report directories: "../x" or "sub/x" would run a
-    # notebook from elsewhere (a path to an .ipynb file is the way to do that on purpose).
-    if candidate.name != str(name) or candidate.name in ("", ".", ".."):
-        raise ReportError(
-            f"report name {str(name)!r} is not a plain name: give the name of a notebook in "
-            f"{[str(d) for d in dirs]}, or the path of an .ipynb file"
-        )
-    for directory in dirs:
-        if (directory / f"{name}.ipynb").exists():
-            return (directory / f"{name}.ipynb").resolve()
-    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.ipynb")})
-    raise ReportError(
-        f"no report notebook named {str(name)!r} in {[str(d) for d in dirs]}; "
-        f"known reports: {known or 'none'}"
-    )
-
-
-def _notebook_dirs(notebooks_dir: str | Path | None) -> list[Path]:
-    if notebooks_dir is not None:
-        return [Path(notebooks_dir)]
-    return [Path("notebooks"), NOTEBOOKS_DIR]
-
-
-def _declared_type(annotation: Any, default: str) -> str:
-    """The type of a parameter: its annotation, else the type of its default's value."""
-    if annotation not in (None, "None", ""):
-        return str(annotation)
-    try:
-        value = ast.literal_eval(default)
-    except (ValueError, SyntaxError):
-        return "any"  # an expression (a call, a name): nothing to check against
-    if value is None:
-        return "any"
-    return type(value).__name__
-
-
-def _generic(text: str) -> tuple[str, list[str]]:
-    """``"Optional[list[str]]"`` -> ``("Optional", ["list[str]"])``."""
-    if text.endswith("]") and "[" in text:
-        head, _, rest = text.partition("[")
-        return head.strip(), _split_top(rest[:-1], ",")
-    return text, []
-
-
-def _split_top(text: str, sep: str) -> list[str]:
-    """Split at `sep` outside brackets."""
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == sep and depth == 0:
-            parts.append(text[start:i].strip())
-            start = i + 1
-    parts.append(text[start:].strip())
-    return [p for p in parts if p]
-
-
-def _prepare_parameters(
-    notebook: Path, lake: str | Path, given: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
-    """(parameters to inject, environment for the kernel, parameters for the manifest)."""
-    declared = notebook_parameters(notebook)
-    wanted = {"lake": str(lake), **given}
-    unknown = sorted(set(wanted) - set(declared))
-    if unknown:
-        valid = "; ".join(
-            f"{k} ({v['type']}, default {v['default']}{': ' + v['help'] if v['help'] else ''})"
-            for k, v in sorted(declared.items())
-        )
-        raise ReportError(
-            f"unknown parameter(s) {unknown} for report {notebook.stem!r}; "
-            f"valid parameters: {sorted(declared)}. {valid}"
-        )
-    mismatched = [
-        f"{key} must be {declared[key]['type']} (default {declared[key]['default']}), got "
-        f"{_mask(value)!r} ({type(value).__name__})"
-        for key, value in wanted.items()
-        if not accepts(declared[key]["type"], value)
-    ]
-    if mismatched:
-        raise ReportError(
-            f"parameter(s) of report {notebook.stem!r} with the wrong type: "
-            f"{'; '.join(mismatched)}. On the command line, values are read as JSON "
-            '(5, 2.5, true, null, ["1", "2"]) and anything else is text'
-        )
-    injected: dict[str, Any] = {}
-    env: dict[str, str] = {}
-    for key, value in wanted.items():
-        if isinstance(value, str) and mask_uri(value) != value:
-            if URI_ENV in env and env[URI_ENV] != value:
-                raise ReportError(
-                    "only one URI with a password can be passed to a report; "
-                    f"put the others' credentials in {URI_ENV} yourself"
-                )
-            env[URI_ENV] = value
-            injected[key] = mask_uri(value)
-        elif _mask(value) != value:
-            raise ReportError(
-                f"parameter {key!r} holds a password inside a "
-                f"{type(value).__name__}; pass the URI as a plain string value"
-            )
-        else:
-            injected[key] = value
-    return injected, env, {k: _mask(v) for k, v in injected.items()}
 
 
 @contextlib.contextmanager
@@ -771,17 +392,3 @@ def _versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             found[dist] = None
     return found
-
-
-def _mask(value: Any) -> Any:
-    if isinstance(value, str):
-        return mask_uri(value)
-    if isinstance(value, list | tuple):
-        return [_mask(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _mask(v) for k, v in value.items()}
-    return value
-
-
-def _sha256(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()

@@ -440,7 +440,7 @@ def test_the_page_shows_its_provenance_and_no_path_it_was_not_given(
 
 @pytest.mark.parametrize("name", ["../outside", "sub/../../outside", "..", "nested/inside"])
 def test_a_report_name_cannot_reach_outside_the_report_directory(tmp_path: Path, name: str) -> None:
-    from esworkbench.reports._runner import _notebook_path
+    from esworkbench.reports._parameters import _notebook_path
 
     reports_dir = tmp_path / "notebooks"
     (reports_dir / "nested").mkdir(parents=True)
