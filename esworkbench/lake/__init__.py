@@ -17,7 +17,7 @@ transactions), `_sync` (the producer/consumer sync loop and its progress), `_sch
 version, SQL helpers), `_ingest` (decoding a raw batch into `events` / `_rejected` / `_flags`),
 `_payloads` (exact checks of suspect payloads), `_views` (typed views), `_export` (filter SQL,
 Parquet and archive export), `_partitions` (hash partitions of whole streams for compute
-engines, incremental, with a manifest), `_readmodels` (projections' read models, rows +
+engines, incremental, with a manifest), `_open` (opening the file, waiting for locks), `_readmodels` (projections' read models, rows +
 checkpoint per transaction).
 
 Example:
@@ -30,7 +30,8 @@ Example:
 """
 
 from esworkbench.filters import EventFilter
-from esworkbench.lake._lake import DEFAULT_LOCK_TIMEOUT, Lake, LakeSummary, opened
+from esworkbench.lake._lake import Lake, LakeSummary, opened
+from esworkbench.lake._open import DEFAULT_LOCK_TIMEOUT
 from esworkbench.lake._partitions import (
     PARTITION_SCHEMA,
     PartitionEntry,

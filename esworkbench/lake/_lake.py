@@ -9,9 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
-import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
@@ -27,6 +24,7 @@ from esworkbench.errors import LakeError
 from esworkbench.events import ENVELOPE_SCHEMA, OCCURRED_AT_KEY
 from esworkbench.filters import EventFilter
 from esworkbench.lake import _export, _partitions, _schema, _views
+from esworkbench.lake._open import DEFAULT_LOCK_TIMEOUT, connect, permission_error
 from esworkbench.lake._readmodels import ReadModelStore, read_model_schemas
 from esworkbench.lake._schema import q, rows
 from esworkbench.lake._writer import LakeWriter, read_checkpoint
@@ -41,15 +39,6 @@ __all__ = ["DEFAULT_LOCK_TIMEOUT", "Lake", "LakeSummary", "opened"]
 
 _ENVELOPE_SELECT = _export.ENVELOPE_SELECT
 _DIGEST_VERSION = "lake-v1"
-# Seconds to wait for another process to let go of the lake before giving up: long enough for
-# a scheduled sync to finish its batch, short enough that a forgotten notebook is noticed.
-DEFAULT_LOCK_TIMEOUT = 60.0
-# DuckDB's lock error names the holder: '... Conflicting lock is held in /usr/bin/python3
-# (PID 1234) by user ann. ...' (the user part is missing on some platforms).
-_HOLDER = re.compile(
-    r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)"
-    r"(?P<user> by user \S+?)?[.;]?(?:\s|$)"
-)
 _HOW_TO_MAKE_ONE = (
     f"make one with `make demo` (which builds {DEMO_LAKE}) or `esworkbench sync --lake PATH "
     "--uri esdb://HOST:2113?tls=false` (or --archive FILE)"
@@ -147,8 +136,8 @@ class Lake:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except PermissionError as e:
-                raise _permission_error(self.path, read_only, str(e)) from e
-        self._con = _connect(self.path, read_only, lock_timeout, on_wait)
+                raise permission_error(self.path, read_only, str(e)) from e
+        self._con = connect(self.path, read_only, lock_timeout, on_wait)
         #: True when opening created the file (a first sync that fails removes it again).
         self.created = not existed and self.path.exists()
         # UTC everywhere: `created` and `occurred_at` come back as UTC timestamps.
@@ -582,68 +571,3 @@ def opened(lake: Lake | str | os.PathLike[str]) -> AbstractContextManager[Lake]:
     if isinstance(lake, Lake):
         return nullcontext(lake)
     return Lake(resolve_lake_path(lake), read_only=True)
-
-
-def _connect(
-    path: Path, read_only: bool, timeout: float, on_wait: Callable[[str], None] | None
-) -> duckdb.DuckDBPyConnection:
-    """Connect, waiting for another process's lock up to `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    pause = 0.05
-    said = False
-    while True:
-        try:
-            return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as e:
-            text = str(e)
-            if "Permission denied" in text or "Read-only file system" in text:
-                raise _permission_error(path, read_only, text) from e
-            if "lock" not in text.lower():
-                raise LakeError(f"cannot open the lake {path}: {text}") from e
-            holder = _holder(text)
-            if time.monotonic() >= deadline:
-                raise LakeError(
-                    f"the lake {path} is still locked by {holder} after {timeout:g}s: DuckDB "
-                    "lets one process write a lake, or several read it, at a time. Let that "
-                    "process finish, or close the lake there (leave its `with Lake(...)` block, "
-                    "call lake.close(), or restart a notebook kernel holding it), then retry"
-                ) from e
-            if not said:
-                message = (
-                    f"waiting for the lake {path}: it is locked by {holder} (up to {timeout:g}s)"
-                )
-                if on_wait is None:
-                    print(message, file=sys.stderr, flush=True)
-                else:
-                    on_wait(message)
-                said = True
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 1.0)
-        except duckdb.ConnectionException as e:
-            # The same process already holds the file open in the other mode: waiting cannot help.
-            raise LakeError(
-                f"cannot open the lake {path} {'read-only' if read_only else 'for writing'}: this "
-                f"process already has it open in the other mode ({e}). Close that Lake first"
-            ) from e
-
-
-def _holder(text: str) -> str:
-    m = _HOLDER.search(text)
-    if m is None:
-        return "another process"
-    user = f", user {m['user'].removeprefix(' by user ')}" if m["user"] else ""
-    return f"PID {m['pid']} ({m['program']}{user})"
-
-
-def _permission_error(path: Path, read_only: bool, detail: str) -> LakeError:
-    if read_only:
-        fix = "give this user read access to it (chmod u+r), or copy it somewhere readable"
-    else:
-        fix = (
-            "give this user write access to the file and its directory (chmod u+w), or read it "
-            "with read_only=True (commands that only read open it that way)"
-        )
-    return LakeError(
-        f"no permission to {'read' if read_only else 'write'} the lake {path} (this is not a "
-        f"lock: {detail}): {fix}"
-    )
