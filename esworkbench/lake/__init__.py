@@ -17,8 +17,8 @@ transactions), `_sync` (the producer/consumer sync loop and its progress), `_sch
 version, SQL helpers), `_ingest` (decoding a raw batch into `events` / `_rejected` / `_flags`),
 `_payloads` (exact checks of suspect payloads), `_views` (typed views), `_export` (filter SQL,
 Parquet and archive export), `_partitions` (hash partitions of whole streams for compute
-engines, incremental, with a manifest), `_open` (opening the file, waiting for locks), `_readmodels` (projections' read models, rows +
-checkpoint per transaction).
+engines, incremental, with a manifest), `_open` (opening the file, waiting for locks),
+`_readmodels` (projections' read models, rows + checkpoint per transaction).
 
 Example:
     >>> from esworkbench.lake import Lake, sync
