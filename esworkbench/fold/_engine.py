@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import operator
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime, time, timedelta
@@ -212,6 +213,56 @@ def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+class _StateReader:
+    """An aggregate's ``state()`` as (field names, snapshot values), after every event.
+
+    An aggregate that keeps the contract's own ``state()`` (public attributes in order, id and
+    version left out) is read straight from its attributes: the names are worked out again
+    only when the attributes change, and the values come out in one C call, which is ~10x
+    cheaper than building the dict. Anything else (an aggregate with its own ``state()``) is
+    asked for ``state()``, as the reference path does.
+    """
+
+    def __init__(self, cls: type[AggregateRoot]) -> None:
+        self._plain = cls.state is AggregateRoot.state
+        self._keys: tuple[str, ...] | None = None
+        self._names: tuple[str, ...] = ()
+        self._get: Callable[[dict[str, Any]], tuple[Any, ...]] = _no_values
+
+    def __call__(self, aggregate: AggregateRoot) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        if not self._plain:
+            state = _snapshot(aggregate.state())
+            return tuple(state), tuple(state.values())
+        attributes = vars(aggregate)
+        keys = tuple(attributes)
+        if keys != self._keys:
+            self._keys = keys
+            # The filter of AggregateRoot.state(), in its order.
+            self._names = tuple(k for k in keys if not k.startswith("_") and k not in _NOT_STATE)
+            self._get = _values_getter(self._names)
+        values = self._get(attributes)
+        if not _IMMUTABLE.issuperset(map(type, values)):
+            values = tuple(v if type(v) in _IMMUTABLE else _frozen(v) for v in values)
+        return self._names, values
+
+
+_NOT_STATE = ("id", "version")
+
+
+def _no_values(attributes: dict[str, Any]) -> tuple[Any, ...]:
+    return ()
+
+
+def _values_getter(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    if not names:
+        return _no_values
+    if len(names) == 1:
+        (name,) = names
+        return lambda attributes: (attributes[name],)
+    getter: Callable[[dict[str, Any]], tuple[Any, ...]] = operator.itemgetter(*names)
+    return getter
+
+
 def _evidence(error: BaseException) -> dict[str, Any]:
     """The values behind a finding: what a rule compared, or why a payload did not decode."""
     if isinstance(error, DomainRuleError):
@@ -267,6 +318,7 @@ def fold_batch(table: pa.Table, cls: type[AggregateRoot], on_error: OnError) -> 
     finding_rows: list[int] = []
     interned: dict[tuple[str, ...], tuple[str, ...]] = {}
     fast = _FastDecoder(cls.registry)
+    read_state = _StateReader(cls)
 
     with gc_paused():
         start = 0
@@ -276,11 +328,9 @@ def fold_batch(table: pa.Table, cls: type[AggregateRoot], on_error: OnError) -> 
             while end < n and streams[end] == stream:
                 end += 1
             aggregate = cls(cls.aggregate_id_of(stream))
-            before = _snapshot(aggregate.state())
-            previous_names = tuple(before)
+            previous_names, previous = read_state(aggregate)
             # One names tuple for the whole batch while the fields stay the same.
             previous_names = interned.setdefault(previous_names, previous_names)
-            previous = tuple(before.values())
             for k in range(start, end):
                 revision = revisions[k]
                 if rejected[k] is not None:
@@ -330,9 +380,8 @@ def fold_batch(table: pa.Table, cls: type[AggregateRoot], on_error: OnError) -> 
                     # against the contract instead of failing as one long gap.
                     if revision > aggregate.version:
                         aggregate.version = revision
-                state = _snapshot(aggregate.state())
-                state_names, state_values = tuple(state), tuple(state.values())
-                if state_names == previous_names:
+                state_names, state_values = read_state(aggregate)
+                if state_names is previous_names or state_names == previous_names:
                     state_names = previous_names
                     changed = [
                         name
@@ -340,7 +389,10 @@ def fold_batch(table: pa.Table, cls: type[AggregateRoot], on_error: OnError) -> 
                         if new is not old and new != old
                     ]
                 else:
-                    changed = _changed(dict(zip(previous_names, previous, strict=True)), state)
+                    changed = _changed(
+                        dict(zip(previous_names, previous, strict=True)),
+                        dict(zip(state_names, state_values, strict=True)),
+                    )
                     state_names = interned.setdefault(state_names, state_names)
                 rows.append(k)
                 names.append(state_names)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from esworkbench.aggregates import AggregateRoot, DomainEvent
+from esworkbench.events import EventRegistry
 from esworkbench.examples.bank import User
 from esworkbench.examples.bank.sample import generate
 from esworkbench.fold import _engine as engine
@@ -143,3 +147,53 @@ def _table(rows: list[tuple[str, int, str, str, str]]) -> pa.Table:
             "metadata": [r[4] for r in rows],
         }
     )
+
+
+class _Grows(AggregateRoot):
+    """Adds fields as it goes, holds mutable values, keeps private ones: the reader's edges."""
+
+    stream_prefix = "grow"
+    registry = EventRegistry()
+
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__(aggregate_id)
+        self.tags: list[str] = []
+        self._seen = 0
+
+    def apply(self, event: DomainEvent) -> None:
+        self._seen += 1
+        self.tags.append(event.data.tag)
+        if self._seen == 2:
+            self.extra = {"n": {1, 2}}
+        if self._seen == 3:
+            del self.tags
+
+
+@_Grows.registry.register("Tagged")
+@dataclasses.dataclass(frozen=True)
+class _Tagged:
+    tag: str
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> _Tagged:
+        return cls(data["tag"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tag": self.tag}
+
+
+def test_the_state_read_from_attributes_equals_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [("grow-1", i, "Tagged", json.dumps({"tag": f"t{i}"}), "{}") for i in range(2)]
+    rows += [("grow-2", i, "Tagged", json.dumps({"tag": f"u{i}"}), "{}") for i in range(3)]
+    table = _table(rows)
+    fast = engine.fold_batch(table, _Grows, "skip")
+    with monkeypatch.context() as m:
+        # The reference: ask the aggregate for state(), as for one that defines its own.
+        m.setattr(engine._StateReader, "__init__", _reference_reader)
+        reference = engine.fold_batch(table, _Grows, "skip")
+    assert fast.timeline.equals(reference.timeline)
+    assert fast.timeline.column_names[-3:] == ["tags", "extra", "changed"]
+
+
+def _reference_reader(self: engine._StateReader, cls: type[AggregateRoot]) -> None:
+    self._plain = False
