@@ -171,6 +171,22 @@ def parse_archive_line(line: str) -> dict[str, Any]:
     return obj
 
 
+def _too_new(event_type: str, version: int, current: int) -> PayloadDecodeError:
+    return PayloadDecodeError(
+        event_type,
+        f"payload version {version} is newer than the registered version {current}; "
+        "upgrade the code that registers this type",
+    )
+
+
+def _no_step(event_type: str, version: int) -> PayloadDecodeError:
+    return PayloadDecodeError(
+        event_type,
+        f"no upcaster from version {version} to {version + 1}; register one with "
+        f"@registry.upcaster({event_type!r}, from_version={version})",
+    )
+
+
 @runtime_checkable
 class Payload(Protocol):
     """A typed payload: built from a JSON object, turned back into one without loss."""
@@ -282,62 +298,60 @@ class EventRegistry:
         self.class_for(event_type)
         return self._by_name[event_type].version
 
-    def upcast(
-        self,
-        event_type: str,
-        data: dict[str, Any],
-        version: int,
-        *,
-        steps: list[Upcaster] | None = None,
-    ) -> dict[str, Any]:
-        """Bring a stored payload of `version` up to the registered current shape.
-
-        With `steps`, the upcasters are appended to it instead of being run (`data` is returned
-        as it is): the chain a decoder keeps.
-        """
+    def upcast(self, event_type: str, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Bring a stored payload of `version` up to the registered current shape."""
         current = self.current_version(event_type)
         if version > current:
-            raise PayloadDecodeError(
-                event_type,
-                f"payload version {version} is newer than the registered version {current}; "
-                "upgrade the code that registers this type",
-            )
+            raise _too_new(event_type, version, current)
         while version < current:
             step = self._upcasters.get((event_type, version))
             if step is None:
-                raise PayloadDecodeError(
-                    event_type,
-                    f"no upcaster from version {version} to {version + 1}; register one with "
-                    f"@registry.upcaster({event_type!r}, from_version={version})",
-                )
-            if steps is None:
-                data = step(data)
-            else:
-                steps.append(step)
+                raise _no_step(event_type, version)
+            data = step(data)
             version += 1
         return data
+
+    def _chain(self, event_type: str, version: int) -> list[Upcaster]:
+        """The upcasters from `version` to the current one, checked whole before any runs."""
+        current = self.current_version(event_type)
+        if version > current:
+            raise _too_new(event_type, version, current)
+        steps = []
+        for v in range(version, current):
+            step = self._upcasters.get((event_type, v))
+            if step is None:
+                raise _no_step(event_type, v)
+            steps.append(step)
+        return steps
 
     def decode(
         self, event_type: str, data: Mapping[str, Any] | bytes | str, *, version: int = 1
     ) -> Any:
         """Decode a stored payload (JSON bytes/text or an object) into its payload class."""
-        self.class_for(event_type)
+        cls = self.class_for(event_type)
         if isinstance(data, bytes | str):
             data = json_object(data, event_type)
         if not isinstance(data, Mapping):
             raise PayloadDecodeError(
                 event_type, f"payload is a JSON {type(data).__name__}, not an object"
             )
-        return self.decoder(event_type, version=version)(dict(data))
+        upcast = self.upcast(event_type, dict(data), version)
+        try:
+            return cls.from_json(upcast)  # type: ignore[attr-defined]
+        except (KeyError, TypeError, ValueError, ArithmeticError) as e:
+            raise PayloadDecodeError(event_type, f"{type(e).__name__}: {e}") from e
 
     def decoder(self, event_type: str, *, version: int = 1) -> Callable[[dict[str, Any]], Any]:
-        """The function `decode` applies to a parsed payload of `event_type` stored at `version`.
+        """A function decoding parsed payloads of `event_type` stored at `version`, as `decode`.
 
         It runs the upcasters from `version` and the class's ``from_json``, wrapping their
-        errors as ``decode`` does. It is built once per (type, version) and kept until the next
-        registration, so a replay of a million events looks the chain up once, not a million
-        times. It may change the dict it is given (upcasters receive it): pass a fresh one.
-        Raises what ``decode`` raises for an unknown type or a version it cannot upcast.
+        errors as ``decode`` does, so ``decoder(t, version=v)(data)`` is ``decode(t, data,
+        version=v)``. It is built once per (type, version) and kept until the next registration,
+        so a replay of a million events looks the chain up once, not a million times. It may
+        change the dict it is given (upcasters receive it): pass a fresh one. Raises
+        UnknownEventTypeError for an unknown type and PayloadDecodeError for a version it
+        cannot upcast (a version too new, a missing step), where ``decode`` would first run the
+        steps that exist.
 
         Example:
             >>> registry = EventRegistry()
@@ -358,10 +372,7 @@ class EventRegistry:
 
     def _build_decoder(self, event_type: str, version: int) -> Callable[[dict[str, Any]], Any]:
         from_json = self.class_for(event_type).from_json  # type: ignore[attr-defined]
-        # The chain is checked now (a version too new, a missing step) by running it on
-        # nothing: `upcast` raises exactly what a decode of such a payload would.
-        steps: list[Upcaster] = []
-        self.upcast(event_type, {}, version, steps=steps)
+        steps = self._chain(event_type, version)
 
         def decode(data: dict[str, Any]) -> Any:
             for step in steps:

@@ -48,12 +48,13 @@ _MONEY_TEXT = r"^-?[0-9]+(\.[0-9]{1,2})?$"
 
 
 def bank_balances(events: Lake | str | Path | pl.DataFrame) -> pl.DataFrame:
-    """Every bank balance, vectorized: Polars window sums over signed amounts per user stream.
+    """Every bank balance, vectorized: window sums over signed amounts per user stream.
 
     Deposits and transfers received add, withdrawals and transfers sent subtract, in revision
-    order per ``user-*`` stream. The same balances as replaying through ``bank.User`` with
-    on_error="skip" (the bank applies every amount, whatever rule it breaks), ~13x faster on
-    1M events (bench/fold.py), but it checks no rule: ``drift`` is how far ``new_balance`` (what
+    order per ``user-*`` stream; a lake is summed by DuckDB, a frame by Polars. The same balances
+    as replaying through ``bank.User`` with on_error="skip" (the bank applies every amount,
+    whatever rule it breaks), ~13x faster than that replay on 320k events (bench/fold.py), but
+    it checks no rule: ``drift`` is how far ``new_balance`` (what
     the writer recorded) is from ``balance`` (the amounts' sum), and ``chain_break`` is non-zero
     exactly where a recorded balance breaks the writer's own chain of statements (the fold's
     ``ledger_drift`` findings).
