@@ -14,6 +14,14 @@ that its CPU time and peak RSS are its own. Printed per reader:
 - peak RSS of the client process (should be set by the batch size, not the lake size);
 - an incremental sync after adding 1% new events (its time should be ~1% of the full sync's).
 
+With ``--archive``, the source is a file instead: the fold bench's sample lake (built by
+bench/fold.py, reused) is exported as JSONL.gz, JSONL and Parquet archives, and each is synced
+into a fresh lake (``sync(open_archive(path), lake)``: validation, ``_rejected``, checkpoints)
+next to DuckDB reading the same file straight into a table, in the same process:
+
+    python bench/sync.py --archive                       # the 1,100-user, 365-day sample lake
+    python bench/sync.py --archive --archive-lake bench/out/fold-3800u-365d-s1.duckdb
+
 Prints figures, asserts nothing.
 """
 
@@ -192,6 +200,73 @@ def bench(events: int, readers: list[str], batch_size: int, workdir: Path) -> No
             server.kill()
 
 
+def archive_bench(lake_path: Path, workdir: Path, batch_size: int) -> None:
+    """Sync archives of `lake_path` into fresh lakes, beside DuckDB reading them directly."""
+    import duckdb
+
+    from esworkbench.lake import Lake, sync
+    from esworkbench.sources.files import open_archive
+
+    if not lake_path.exists():
+        sys.exit(f"no lake at {lake_path}: run bench/fold.py first (it builds and keeps it)")
+    print(f"load average {os.getloadavg()[0]:.2f}; archives of {lake_path.name}", flush=True)
+    archives = []
+    with Lake(lake_path, read_only=True) as lake:
+        for suffix in (".jsonl.gz", ".jsonl", ".parquet"):
+            path = workdir / f"archive-{lake_path.stem}{suffix}"
+            if not path.exists():
+                lake.export_archive(path)
+            archives.append(path)
+    for path in archives:
+        reader = (
+            f"read_parquet('{path}')"
+            if path.suffix == ".parquet"
+            else f"read_json('{path}', format='newline_delimited', columns={_JSONL_COLUMNS})"
+        )
+        target = workdir / "archive-target.duckdb"
+        target.unlink(missing_ok=True)
+        cpu0, t0 = _cpu(), time.perf_counter()
+        con = duckdb.connect(str(target))
+        con.execute(f"CREATE TABLE events AS SELECT * FROM {reader}")
+        (rows,) = con.execute("SELECT count(*) FROM events").fetchone() or (0,)
+        con.close()
+        direct = (time.perf_counter() - t0, _cpu() - cpu0)
+        target.unlink(missing_ok=True)
+        cpu0, t0 = _cpu(), time.perf_counter()
+        with Lake(target) as new:
+            result = sync(open_archive(path), new, batch_size=batch_size)
+        synced = (time.perf_counter() - t0, _cpu() - cpu0)
+        n = result.events + result.rejected
+        target.unlink(missing_ok=True)
+        size = path.stat().st_size / 2**20
+        print(f"  {path.name} ({size:,.0f} MB, {rows:,} events)")
+        print(
+            f"    DuckDB reads it into a table   {direct[0]:6.2f} s wall {direct[1]:6.2f} s cpu "
+            f"{rows / direct[0]:>10,.0f} ev/s"
+        )
+        print(
+            f"    sync(open_archive) into a lake {synced[0]:6.2f} s wall {synced[1]:6.2f} s cpu "
+            f"{n / synced[0]:>10,.0f} ev/s  ({result.events:,} events, "
+            f"{result.rejected:,} rejected)"
+        )
+        print(f"    sync / DuckDB time: {synced[0] / direct[0]:.2f}x wall", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+# The archive_line format, typed as the sync types it (DuckDB would otherwise sample the file).
+_JSONL_COLUMNS = (
+    "{commit_position: 'UBIGINT', prepare_position: 'UBIGINT', stream_name: 'VARCHAR', "
+    "stream_revision: 'UBIGINT', event_id: 'VARCHAR', event_type: 'VARCHAR', "
+    "created: 'TIMESTAMPTZ', content_type: 'VARCHAR', data: 'VARCHAR', metadata: 'VARCHAR', "
+    "data_base64: 'VARCHAR', metadata_base64: 'VARCHAR'}"
+)
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -206,6 +281,12 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, default=HERE / "out")
     parser.add_argument("--keep", action="store_true", help="keep the lakes")
+    parser.add_argument(
+        "--archive", action="store_true", help="sync JSONL(.gz) and Parquet archives instead"
+    )
+    parser.add_argument(
+        "--archive-lake", type=Path, default=HERE / "out" / "fold-1100u-365d-s1.duckdb"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -221,6 +302,9 @@ def main() -> None:
 
         args.batch_size = DEFAULT_BATCH_SIZE
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.archive:
+        archive_bench(args.archive_lake, args.workdir, args.batch_size)
+        return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     for n in args.events:
         bench(n, args.readers.split(","), args.batch_size, args.workdir)

@@ -240,3 +240,37 @@ def test_created_is_written_in_utc_whatever_the_zone_given() -> None:
     line = archive_line(raw_event(created=tokyo))
 
     assert json.loads(line)["created"] == "2024-01-01T19:00:00.000000Z"
+
+
+def test_a_decoder_decodes_as_decode_does_and_follows_new_registrations() -> None:
+    registry = make_registry()
+    for version, data in [
+        (1, {"name": "Ada"}),
+        (2, {"fullName": "Ada", "email": "a@example.com"}),
+        (3, {"displayName": "Ada", "email": "a@example.com"}),
+    ]:
+        assert registry.decoder("Renamed", version=version)(dict(data)) == registry.decode(
+            "Renamed", data, version=version
+        )
+    with pytest.raises(PayloadDecodeError, match="KeyError"):
+        registry.decoder("Renamed", version=3)({})
+
+    partial = EventRegistry()
+    partial.add("Renamed", Renamed, version=3)
+    with pytest.raises(PayloadDecodeError, match=r"from_version=1"):
+        partial.decoder("Renamed", version=1)
+    with pytest.raises(PayloadDecodeError, match="newer than the registered version 3"):
+        partial.decoder("Renamed", version=4)
+    with pytest.raises(UnknownEventTypeError):
+        partial.decoder("CardIssued")
+
+    # A decoder is built again after a registration, so a new upcaster is used.
+    assert partial.decoder("Renamed", version=3)({"displayName": "Bo", "email": "b@x.io"})
+
+    @partial.upcaster("Renamed", from_version=2)
+    def _v2(data: dict[str, Any]) -> dict[str, Any]:
+        return {"displayName": data["fullName"], "email": data["email"]}
+
+    assert partial.decoder("Renamed", version=2)({"fullName": "Bo", "email": "b@x.io"}) == (
+        Renamed("Bo", "b@x.io")
+    )

@@ -71,16 +71,19 @@ class DuplicatePayload(SqlRule):
     name = "duplicate_payload"
     kind = "duplicate_event"
     description = (
-        "An event whose type and payload bytes repeat an earlier event of the same stream, "
-        "under another event id: a retried write without idempotency. The first is kept as the "
-        "original; each repeat is a finding."
+        "An event whose type, payload and metadata bytes repeat an earlier event of the same "
+        "stream, under another event id: a retried write without idempotency. The first is "
+        "kept as the original; each repeat is a finding. Two events that only happen to carry "
+        "the same payload (the same amount bringing an account to the same balance twice) "
+        "differ in their metadata (business time, correlation) and are not repeats."
     )
 
     def sql(self) -> str:
-        """Group by (stream, type, payload hash); only groups of two or more are joined back."""
+        """Group by (stream, type, hash of payload and metadata); only repeats are joined back."""
         return """
         WITH copies AS (
-            SELECT stream_name, event_type, md5_number(data) AS h,
+            SELECT stream_name, event_type, md5_number(data || chr(31) || coalesce(metadata, ''))
+                       AS h,
                    min(commit_position) AS first_at
             FROM events GROUP BY ALL HAVING count(*) > 1
         )
@@ -91,7 +94,8 @@ class DuplicatePayload(SqlRule):
                            'original_revision', o.stream_revision) AS evidence
         FROM copies c
         JOIN events e ON e.stream_name = c.stream_name AND e.event_type = c.event_type
-         AND md5_number(e.data) = c.h AND e.commit_position > c.first_at
+         AND md5_number(e.data || chr(31) || coalesce(e.metadata, '')) = c.h
+         AND e.commit_position > c.first_at
         JOIN events o ON o.commit_position = c.first_at AND o.stream_name = c.stream_name
         """
 

@@ -807,3 +807,65 @@ def test_k_injected_breaks_give_exactly_k_drift_findings_at_those_events(
         assert row["balance"] == Decimal(cents).scaleb(-2)
         assert row["recorded_balance"] == Decimal(statement[user]).scaleb(-2)
         assert row["balance_drift"] == row["recorded_balance"] - row["balance"]
+
+
+# Amounts as careless or hostile writers store them: exact money, too many places, exponents,
+# padding, signs, JSON numbers, null, nothing, digits past what Decimal(38, 2) holds.
+_stored_money = st.one_of(
+    st.decimals(min_value=-10_000, max_value=10_000, places=2).map(lambda d: f"{d:.2f}"),
+    st.sampled_from(
+        ["12.5", "7", "-3.00", "0.001", "1e3", " 4.00", "+2.00", "", "abc", "1" * 40 + ".00"]
+    ),
+    st.sampled_from([12.5, 7, 0, -1.25, None, True]),
+    st.just(_MISSING_KEY := object()),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    moves=st.lists(
+        st.tuples(
+            st.sampled_from(sorted(BANK_SIGNS)), st.integers(0, 2), _stored_money, _stored_money
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_the_lake_sums_in_duckdb_what_polars_sums_over_a_frame(
+    moves: list[tuple[str, int, object, object]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    revisions: dict[str, int] = {}
+    rows = []
+    for i, (event_type, user, amount, new_balance) in enumerate(moves):
+        stream = f"user-{user}"
+        revisions[stream] = revisions.get(stream, -1) + 1
+        data = {
+            key: value
+            for key, value in (
+                ("userId", str(user)),
+                ("amount", amount),
+                ("newBalance", new_balance),
+            )
+            if value is not _MISSING_KEY
+        }
+        rows.append(
+            {
+                "commit_position": (i + 1) * 10,
+                "prepare_position": (i + 1) * 10,
+                "stream_name": stream,
+                "stream_revision": revisions[stream],
+                "event_id": f"00000000-0000-0000-0000-{i:012d}",
+                "event_type": event_type,
+                "created": T0 + timedelta(minutes=i),
+                "content_type": "application/json",
+                "data": json.dumps(data).encode(),
+                "metadata": b"{}",
+            }
+        )
+    path = tmp_path_factory.mktemp("sums") / "lake.duckdb"
+    with Lake(path) as lake:
+        sync(LedgerSource(pa.Table.from_pylist(rows, schema=RAW_SCHEMA)), lake)
+        in_duckdb = bank_balances(lake)
+        in_polars = bank_balances(lake.read_events())
+    assert in_duckdb.height == len(moves)
+    assert_frame_equal(in_duckdb, in_polars)

@@ -1,7 +1,9 @@
-"""The bank's balances, vectorized: Polars window sums instead of a replay.
+"""The bank's balances, vectorized: window sums instead of a replay.
 
 The same balances as replaying through `esworkbench.examples.bank.User` (which applies every
-amount, whatever rule it breaks), many times faster, but checking no rule.
+amount, whatever rule it breaks), many times faster, but checking no rule. A lake is summed by
+DuckDB, where the events are (one query through ``Lake.read_sql``: no payload leaves the
+database); a frame by Polars. The two give the same frame (tests hold them equal).
 """
 
 from __future__ import annotations
@@ -46,12 +48,13 @@ _MONEY_TEXT = r"^-?[0-9]+(\.[0-9]{1,2})?$"
 
 
 def bank_balances(events: Lake | str | Path | pl.DataFrame) -> pl.DataFrame:
-    """Every bank balance, vectorized: Polars window sums over signed amounts per user stream.
+    """Every bank balance, vectorized: window sums over signed amounts per user stream.
 
     Deposits and transfers received add, withdrawals and transfers sent subtract, in revision
-    order per ``user-*`` stream. The same balances as replaying through ``bank.User`` with
-    on_error="skip" (the bank applies every amount, whatever rule it breaks), ~13x faster on
-    1M events (bench/fold.py), but it checks no rule: ``drift`` is how far ``new_balance`` (what
+    order per ``user-*`` stream; a lake is summed by DuckDB, a frame by Polars. The same balances
+    as replaying through ``bank.User`` with on_error="skip" (the bank applies every amount,
+    whatever rule it breaks), ~13x faster than that replay on 320k events (bench/fold.py), but
+    it checks no rule: ``drift`` is how far ``new_balance`` (what
     the writer recorded) is from ``balance`` (the amounts' sum), and ``chain_break`` is non-zero
     exactly where a recorded balance breaks the writer's own chain of statements (the fold's
     ``ledger_drift`` findings).
@@ -77,15 +80,58 @@ def bank_balances(events: Lake | str | Path | pl.DataFrame) -> pl.DataFrame:
         )
         return _bank_balances(scan).collect()
     with opened(events) as lake:
-        scan = lake.scan_events(category=BANK_CATEGORY, event_types=list(BANK_SIGNS))
-        return _bank_balances(scan).collect()
+        return lake.read_sql(_BANK_BALANCES_SQL, [BANK_CATEGORY, *BANK_SIGNS]).with_columns(
+            pl.col("stream_revision", "commit_position").cast(pl.UInt64)
+        )
+
+
+# The Polars plan below in SQL, step for step: measured on 320k events, 3x faster than reading
+# the payloads out into Polars (DuckDB extracts the JSON on all cores, next to the data).
+_MONEY_SQL = (
+    "CASE WHEN regexp_full_match({text}, '-?[0-9]+(\\.[0-9]{{1,2}})?') "
+    "THEN TRY_CAST({text} AS DECIMAL(38, 2)) END"
+)
+_BANK_BALANCES_SQL = f"""
+WITH texts AS (
+    SELECT stream_name, stream_revision, commit_position, occurred_at, event_type,
+           event_id::VARCHAR AS event_id,
+           json_extract_string(data, '$.amount') AS amount_text,
+           json_extract_string(data, '$.newBalance') AS new_balance_text
+    FROM events
+    WHERE category = ? AND event_type IN ({", ".join("?" * len(BANK_SIGNS))})
+), moves AS (
+    SELECT stream_name, stream_revision, commit_position, occurred_at, event_type, event_id,
+           CASE WHEN event_type IN ({", ".join(repr(t) for t, s in BANK_SIGNS.items() if s < 0)})
+                THEN -1 ELSE 1 END * ({_MONEY_SQL.format(text="amount_text")}) AS amount,
+           {_MONEY_SQL.format(text="new_balance_text")} AS new_balance
+    FROM texts
+), running AS (
+    SELECT *,
+           sum(coalesce(amount, 0)) OVER stream_so_far AS balance,
+           coalesce(last_value(new_balance IGNORE NULLS) OVER stream_before, 0) AS previous
+    FROM moves
+    WINDOW stream_so_far AS (PARTITION BY stream_name ORDER BY stream_revision
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+           stream_before AS (PARTITION BY stream_name ORDER BY stream_revision
+                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+)
+SELECT stream_name, stream_revision, commit_position, occurred_at, event_type, event_id,
+       CAST(amount AS DECIMAL(38, 2)) AS amount,
+       CAST(balance AS DECIMAL(38, 2)) AS balance,
+       new_balance,
+       CAST(new_balance - balance AS DECIMAL(38, 2)) AS drift,
+       CAST(new_balance - previous - amount AS DECIMAL(38, 2)) AS chain_break
+FROM running
+ORDER BY commit_position
+"""
 
 
 def _bank_balances(scan: pl.LazyFrame) -> pl.LazyFrame:
     def money(key: str) -> pl.Expr:
         text = pl.col("data").str.json_path_match(f"$.{key}")
         exact = text.str.contains(_MONEY_TEXT).fill_null(False)
-        return pl.when(exact).then(text).otherwise(None).cast(_MONEY)
+        # Past 36 whole digits no Decimal(38, 2) holds it: null, like any other non-money.
+        return pl.when(exact).then(text).otherwise(None).cast(_MONEY, strict=False)
 
     sign = pl.col("event_type").replace_strict(BANK_SIGNS, default=0, return_dtype=pl.Int8)
     return (
