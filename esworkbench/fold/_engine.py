@@ -17,12 +17,10 @@ folds hostile events both ways and compares.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import operator
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -45,6 +43,7 @@ from esworkbench.errors import (
 )
 from esworkbench.events import SCHEMA_VERSION_KEY, EventRegistry, json_object
 from esworkbench.findings import FINDINGS_SCHEMA, evidence_json, severity_of
+from esworkbench.fold.batches import gc_paused
 
 OnError = Literal["stop", "skip"]
 
@@ -92,18 +91,6 @@ class BatchResult(NamedTuple):
 
     timeline: pa.Table
     findings: pa.Table
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while a batch builds its objects (refcounting still frees them)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def finding_kind(error: BaseException) -> str:

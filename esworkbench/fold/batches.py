@@ -16,19 +16,32 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import pyarrow as pa
 
 from esworkbench.errors import ConfigError
 
-__all__ = ["Job", "Work", "plan_batches", "run_batches"]
+__all__ = ["Job", "Work", "gc_paused", "plan_batches", "run_batches"]
 
 # Folds one batch (rows sorted by stream, revision) into result tables.
 Work = Callable[[pa.Table], Sequence[pa.Table]]
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while a batch builds its objects (refcounting still frees them)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def plan_batches(stream_sizes: Sequence[int], batch_size: int) -> list[tuple[int, int]]:

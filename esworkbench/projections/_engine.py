@@ -14,11 +14,9 @@ pyarrow.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -26,6 +24,7 @@ import pyarrow.compute as pc
 
 from esworkbench.events import SCHEMA_VERSION_KEY
 from esworkbench.findings import FINDINGS_SCHEMA
+from esworkbench.fold.batches import gc_paused
 from esworkbench.projections._definition import Event, Projection, Row
 
 __all__ = [
@@ -77,17 +76,6 @@ def trace_schema(columns: pa.Schema) -> pa.Schema:
     return pa.schema([*_TRACE_ENVELOPE, ("row", pa.struct(list(columns)))])
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def apply_events(
     projection: Projection,
     table: pa.Table,
@@ -116,7 +104,7 @@ def apply_events(
     findings: list[dict[str, Any]] = []
     trace: list[dict[str, Any]] = []
     clock = time.perf_counter
-    with _gc_paused():
+    with gc_paused():
         for i, event_type in enumerate(cols["event_type"]):
             handler = handlers.get(event_type)
             if handler is None:
