@@ -56,7 +56,8 @@ def main() -> None:
         started = time.perf_counter()
         by_hand = lake.read_sql(
             "SELECT event_id FROM (SELECT event_id::VARCHAR AS event_id, row_number() OVER "
-            "(PARTITION BY stream_name, event_type, data ORDER BY commit_position) AS copy "
+            "(PARTITION BY stream_name, event_type, data, metadata ORDER BY commit_position) "
+            "AS copy "
             "FROM events) WHERE copy > 1"
         )
         hand = time.perf_counter() - started

@@ -194,14 +194,15 @@ def restore_renderer() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("restore_renderer")
-def test_renderer_adds_the_spec_to_the_usual_output() -> None:
+def test_renderer_gives_an_offline_svg_and_the_spec() -> None:
     charts.enable_renderer()
     charts.enable_renderer()  # idempotent
     data, _ = charts.balance_timeline(timeline_frame())._repr_mimebundle_()
     spec_keys = [k for k in data if k.startswith(charts.SPEC_MIME_PREFIX)]
-    assert spec_keys == ["application/vnd.vegalite.v6+json"]
+    assert spec_keys == ["application/vnd.esworkbench.vegalite.v6+json"]
     assert data[spec_keys[0]]["vconcat"]
-    assert "text/html" in data  # what JupyterLab shows, unchanged
+    # What JupyterLab and nbconvert show: a static SVG, no HTML that would fetch Vega.
+    assert data["image/svg+xml"].startswith("<svg") and "text/html" not in data
 
 
 def test_importing_charts_does_not_import_altair() -> None:

@@ -23,7 +23,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from esworkbench.charts import SPEC_MIME_PREFIX
+from esworkbench.charts import SPEC_MIME_PREFIX, vega_lite_version
 from esworkbench.errors import ReportError
 
 __all__ = ["external_urls", "render_html"]
@@ -238,19 +238,11 @@ def _replace_chart_outputs(nb: Any) -> list[tuple[int, int]]:
 
 
 def _vl_version(spec: Mapping[str, Any]) -> tuple[int, int]:
-    """The vl-convert Vega-Lite version closest to (not above) the spec's $schema version."""
-    import vl_convert as vlc
-
-    available = sorted(tuple(int(p) for p in v.split(".")[:2]) for v in vlc.get_vegalite_versions())
-    match = re.search(r"/v(\d+)\.(\d+)", str(spec.get("$schema", "")))
-    wanted = (int(match[1]), int(match[2])) if match else available[-1]
-    same_major = [v for v in available if v[0] == wanted[0] and v <= wanted]
-    if not same_major:
-        raise ReportError(
-            f"vl-convert cannot render Vega-Lite {wanted[0]}.{wanted[1]} charts "
-            f"(it knows {available}); upgrade vl-convert-python"
-        )
-    return same_major[-1]  # type: ignore[return-value]
+    """The vl-convert Vega-Lite version for a spec (see ``charts.vega_lite_version``)."""
+    try:
+        return vega_lite_version(dict(spec))
+    except ValueError as e:
+        raise ReportError(str(e)) from e
 
 
 @functools.cache

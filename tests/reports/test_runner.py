@@ -448,3 +448,45 @@ def test_a_report_name_cannot_reach_outside_the_report_directory(tmp_path: Path,
         notebook.write_text("{}")
     with pytest.raises(ReportError, match="not a plain name"):
         _notebook_path(name, reports_dir)
+
+
+def test_charts_render_in_plain_nbconvert_with_no_network(tmp_path: Path) -> None:
+    # The analyst's path: a notebook executed as is (papermill here, JupyterLab alike), then
+    # exported by plain nbconvert, not the report runner, and opened with the network blocked.
+    import papermill
+    from nbconvert import HTMLExporter
+
+    executed = tmp_path / "executed.ipynb"
+    papermill.execute_notebook(str(TINY), str(executed), progress_bar=False)
+    nb = nbformat.read(executed, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    charts = [o for o in outputs if "image/svg+xml" in o.get("data", {})]
+    assert charts, "the chart has a static SVG"
+    assert all("text/html" not in o["data"] for o in charts)  # no CDN-loading HTML
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    page = tmp_path / "plain.html"
+    page.write_text(body)
+    if not CHROMIUM.exists():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (make system-deps installs it)")
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    # The chart is on the page as an image that needs no network: inline SVG, drawn marks.
+    images = re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', dom)
+    assert len(images) == len(charts)
+    import base64
+
+    svg = base64.b64decode(images[0]).decode()
+    assert svg.startswith("<svg") and svg.count("<path") > 10
+    assert "http" not in re.sub(r'xmlns(:\w+)?="[^"]*"', "", svg)  # nothing it would fetch
