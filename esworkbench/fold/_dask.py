@@ -43,6 +43,7 @@ from esworkbench.filters import EventFilter
 from esworkbench.findings import FINDINGS_SCHEMA
 from esworkbench.fold import _engine as core
 from esworkbench.fold import _frames as frames
+from esworkbench.fold._columns import unify
 from esworkbench.lake import (
     Lake,
     PartitionManifest,
@@ -358,11 +359,11 @@ def scan_unified(
     """One LazyFrame over result files whose column types may differ (as batches' may).
 
     Each column gets `schema`'s type, or (None, for timelines) the type the single-process
-    replay gives when it joins its batches (``_engine.unify``), read from the files' schemas
+    replay gives when it joins its batches (``_columns.unify``), read from the files' schemas
     without reading their rows.
     """
     schemas = [_schema(f, storage_options) for f in files]
-    target = schema or core.unify([s.empty_table() for s in schemas]).schema
+    target = schema or unify([s.empty_table() for s in schemas]).schema
     empty = pl.from_arrow(target.empty_table())
     assert isinstance(empty, pl.DataFrame)
     polars_target = empty.schema

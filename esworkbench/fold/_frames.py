@@ -20,6 +20,7 @@ from esworkbench.aggregates import AggregateRoot
 from esworkbench.errors import ConfigError, FoldError
 from esworkbench.findings import FINDINGS_SCHEMA
 from esworkbench.fold import _engine as core
+from esworkbench.fold._columns import CHANGED, unify
 from esworkbench.fold._engine import OnError
 from esworkbench.fold.batches import Job, plan_batches, run_batches
 
@@ -93,7 +94,7 @@ class Replay:
         Example:
             >>> result.states()  # doctest: +SKIP
         """
-        last = self.timeline.drop(core.CHANGED).group_by("stream_name", maintain_order=True).last()
+        last = self.timeline.drop(CHANGED).group_by("stream_name", maintain_order=True).last()
         counts = self.findings.group_by("stream_name").agg(
             pl.len().cast(pl.UInt32).alias("findings")
         )
@@ -206,7 +207,7 @@ def _timeline(results: list[core.BatchResult], cls: type[AggregateRoot]) -> pl.D
     tables = [r.timeline for r in results if r.timeline.num_rows]
     if not tables:
         tables = [empty_timeline(cls)]
-    frame = pl.from_arrow(core.unify(tables))
+    frame = pl.from_arrow(unify(tables))
     assert isinstance(frame, pl.DataFrame)
     return frame.sort("commit_position", maintain_order=True)
 
@@ -230,7 +231,7 @@ def empty_timeline(cls: type[AggregateRoot]) -> pa.Table:
         fields = []
     for name in fields:
         envelope = envelope.append(pa.field(core.state_column_name(name), pa.null()))
-    return envelope.append(pa.field(core.CHANGED, pa.list_(pa.string()))).empty_table()
+    return envelope.append(pa.field(CHANGED, pa.list_(pa.string()))).empty_table()
 
 
 def findings_frame(results: list[core.BatchResult]) -> pl.DataFrame:
