@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from esworkbench.anomalies._rules import FOUND_COLUMNS, CheckContext, Rule, RuleSpec, resolve_rules
+from esworkbench.anomalies._generic import GENERIC_RULES
+from esworkbench.anomalies._rules import (
+    FOUND_COLUMNS,
+    CheckContext,
+    ReplayRule,
+    Rule,
+    RuleSpec,
+    resolve_rules,
+)
 from esworkbench.errors import ConfigError
 from esworkbench.findings import (
     FINDINGS_SCHEMA,
@@ -136,9 +144,6 @@ def check(
         ...               aggregate="esworkbench.examples.bank:User")  # doctest: +SKIP
         >>> found.counts()  # doctest: +SKIP
     """
-    from esworkbench.anomalies._generic import GENERIC_RULES
-    from esworkbench.anomalies._rules import ReplayRule
-
     cls = None if aggregate is None else resolve_aggregate(aggregate)
     if rules is None:
         chosen = [*GENERIC_RULES, *([ReplayRule(cls)] if cls is not None else [])]

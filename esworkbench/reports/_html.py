@@ -23,7 +23,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from esworkbench.charts import SPEC_MIME_PREFIX, vega_lite_version
+from esworkbench.charts import SPEC_MIME_PREFIX, static_svg, vega_lite_version
 from esworkbench.errors import ReportError
 
 __all__ = ["external_urls", "render_html"]
@@ -208,8 +208,6 @@ def _css_urls(css: str) -> list[str]:
 
 def _replace_chart_outputs(nb: Any) -> list[tuple[int, int]]:
     """Swap each chart output for static SVG + spec; return the Vega-Lite versions seen."""
-    import vl_convert as vlc
-
     versions = []
     for cell in nb.cells:
         for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
@@ -221,10 +219,9 @@ def _replace_chart_outputs(nb: Any) -> list[tuple[int, int]]:
             version = _vl_version(spec)
             versions.append(version)
             try:
-                svg = vlc.vegalite_to_svg(spec, vl_version=f"{version[0]}.{version[1]}")
+                svg = static_svg(spec)
             except Exception as e:  # vl-convert raises plain ValueErrors on bad specs
                 raise ReportError(f"cannot render a chart of {cell.get('id', '?')}: {e}") from e
-            svg = re.sub(r"^<\?xml[^>]*>\s*", "", svg)
             spec_json = json.dumps(spec, separators=(",", ":")).replace("<", "\\u003c")
             output["data"] = {
                 "text/html": (

@@ -229,7 +229,6 @@ def table(
         >>> "2 rows" in html and "<script>" in html
         True
     """
-    import html as html_lib
     import uuid
 
     import polars as pl
@@ -237,7 +236,7 @@ def table(
 
     data = frame if isinstance(frame, pl.DataFrame) else pl.DataFrame(frame)
     table_id = f"ewb-table-{uuid.uuid4().hex[:12]}"
-    head = "".join(f"<th>{html_lib.escape(c)}</th>" for c in data.columns)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in data.columns)
     money = [isinstance(t, pl.Decimal) for t in data.schema.values()]
     body = "".join(
         "<tr>"
@@ -253,7 +252,7 @@ def table(
         '<button class="ewb-next">next</button> <span class="ewb-info">'
         f"{data.height} rows</span></div>"
     )
-    cap = f"<caption>{html_lib.escape(caption)}</caption>" if caption else ""
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     markup = (
         _TABLE_STYLE + f'<div id="{table_id}" class="ewb-table">{controls}'
         f'<table class="dataframe">{cap}<thead><tr>{head}</tr></thead>'
@@ -263,11 +262,9 @@ def table(
 
 
 def _td(text: str, *, money: bool) -> str:
-    import html as html_lib
-
     kind = "ewb-money" if money else ("ewb-long" if len(text) > 60 else "")
     opening = f'<td class="{kind}">' if kind else "<td>"
-    return opening + html_lib.escape(text) + "</td>"
+    return opening + html.escape(text) + "</td>"
 
 
 def _cell(value: Any, currency: str | None) -> str:

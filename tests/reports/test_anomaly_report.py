@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import nbformat
@@ -16,8 +15,8 @@ from esworkbench.events import archive_line
 from esworkbench.examples.bank.sample import generate
 from esworkbench.lake import Lake, sync
 from esworkbench.sources.files import open_archive
+from tests.reports.browser import offline_dom
 
-CHROMIUM = Path("/usr/bin/chromium")
 NOTEBOOK = reports.NOTEBOOKS_DIR / "anomaly_report.ipynb"
 
 
@@ -90,26 +89,8 @@ def test_the_notebook_is_thin_and_committed_clean() -> None:
 def test_the_report_renders_offline_in_headless_chromium(
     runs: tuple[reports.ReportResult, ...], tmp_path: Path
 ) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(f"Chromium is not installed at {CHROMIUM} (make system-deps installs it)")
     _, second = runs
-    command = [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--virtual-time-budget=20000",
-        "--dump-dom",
-        second.html.as_uri(),
-    ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = offline_dom(second.html.as_uri(), tmp_path)
     assert dom.count('class="esw-chart"') == 1
     assert dom.count('data-esw-rendered="true"') == 1, "the chart did not render"
     assert "data-esw-error" not in dom

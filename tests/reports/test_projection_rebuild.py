@@ -6,7 +6,6 @@ offline in headless Chromium.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import nbformat
@@ -17,7 +16,8 @@ from esworkbench.examples.bank.sample import generate, write_archive
 from esworkbench.lake import Lake, sync
 from esworkbench.sources.files import open_archive
 from tests.projections.conftest import V1, V2
-from tests.reports.test_runner import CHROMIUM, NOTEBOOKS
+from tests.reports.browser import offline_dom
+from tests.reports.test_runner import NOTEBOOKS
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +57,6 @@ def test_the_notebook_is_thin() -> None:
 def test_the_html_renders_offline_in_headless_chromium(
     result: reports.ReportResult, tmp_path: Path
 ) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(f"Chromium is not installed at {CHROMIUM}")
-    command = [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--virtual-time-budget=20000",
-        "--dump-dom",
-        result.html.as_uri(),
-    ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = offline_dom(result.html.as_uri(), tmp_path)
     assert "Blue/green diff" in dom and "Divergences" in dom
     assert "a_before" in dom and "data-esw-error" not in dom

@@ -28,11 +28,11 @@ from esworkbench.events import archive_line
 from esworkbench.examples.bank import sample
 from esworkbench.lake import Lake, sync
 from esworkbench.sources.files import open_archive
+from tests.reports.browser import offline_dom
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 TINY = ROOT / "tests" / "fixtures" / "notebooks" / "tiny_report.ipynb"
-CHROMIUM = Path("/usr/bin/chromium")
 SECRET = "s3cret-pw"
 
 
@@ -117,29 +117,7 @@ def test_the_html_fetches_no_external_url(scene: Scene) -> None:
 
 
 def test_the_rendered_charts_show_in_headless_chromium(scene: Scene, tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(
-            f"Chromium is not installed at {CHROMIUM}: the offline rendering test "
-            "cannot run here (the HTML itself was checked for external URLs)"
-        )
-    command = [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-        # No name resolves: a page that needed the network would fail to render.
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--virtual-time-budget=20000",
-        "--dump-dom",
-        scene.result.html.as_uri(),
-    ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = offline_dom(scene.result.html.as_uri(), tmp_path)
     charts = dom.count('class="esw-chart"')
     assert charts == 4
     # Every chart was re-rendered by the inline Vega bundle, as SVG with marks in it.
@@ -466,22 +444,7 @@ def test_charts_render_in_plain_nbconvert_with_no_network(tmp_path: Path) -> Non
     body, _ = HTMLExporter().from_notebook_node(nb)
     page = tmp_path / "plain.html"
     page.write_text(body)
-    if not CHROMIUM.exists():
-        pytest.skip(f"Chromium is not installed at {CHROMIUM} (make system-deps installs it)")
-    command = [
-        str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        page.as_uri(),
-    ]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = offline_dom(page.as_uri(), tmp_path)
     # The chart is on the page as an image that needs no network: inline SVG, drawn marks.
     images = re.findall(r'src="data:image/svg\+xml;base64,([^"]+)"', dom)
     assert len(images) == len(charts)
