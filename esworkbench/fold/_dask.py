@@ -28,14 +28,12 @@ import contextlib
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from esworkbench.aggregates import AggregateRoot
 from esworkbench.errors import ConfigError
@@ -43,11 +41,10 @@ from esworkbench.filters import EventFilter
 from esworkbench.findings import FINDINGS_SCHEMA
 from esworkbench.fold import _engine as core
 from esworkbench.fold import _frames as frames
-from esworkbench.fold._columns import unify
+from esworkbench.fold._frames import scan_unified
 from esworkbench.lake import (
     Lake,
     PartitionManifest,
-    filesystem_for,
     opened,
     read_partition,
     write_parquet,
@@ -66,7 +63,6 @@ __all__ = [
     "reporter",
     "require_distributed",
     "run_tasks",
-    "scan_unified",
     "scoped_events",
     "workdir_of",
 ]
@@ -348,51 +344,6 @@ def scoped_events(
     # The lake lists rejected events by (position, id); merge_rejected keeps its first copy.
     refused = refused.sort("commit_position", "event_id", maintain_order=True)
     return frames.merge_rejected(events, refused)
-
-
-def scan_unified(
-    files: Sequence[str],
-    storage_options: dict[str, Any] | None,
-    *,
-    schema: pa.Schema | None = None,
-) -> pl.LazyFrame:
-    """One LazyFrame over result files whose column types may differ (as batches' may).
-
-    Each column gets `schema`'s type, or (None, for timelines) the type the single-process
-    replay gives when it joins its batches (``_columns.unify``), read from the files' schemas
-    without reading their rows.
-    """
-    schemas = [_schema(f, storage_options) for f in files]
-    target = schema or unify([s.empty_table() for s in schemas]).schema
-    empty = pl.from_arrow(target.empty_table())
-    assert isinstance(empty, pl.DataFrame)
-    polars_target = empty.schema
-    scans = []
-    for file, found in zip(files, schemas, strict=True):
-        scan = pl.scan_parquet(file, storage_options=_polars_options(file, storage_options))
-        if [(f.name, f.type) for f in found] != [(f.name, f.type) for f in target]:
-            scan = scan.select(
-                [
-                    pl.col(name).cast(dtype)
-                    if name in found.names
-                    else pl.lit(None, dtype).alias(name)
-                    for name, dtype in polars_target.items()
-                ]
-            )
-        scans.append(scan)
-    return pl.concat(scans, how="vertical")
-
-
-def _schema(file: str, storage_options: dict[str, Any] | None) -> pa.Schema:
-    fs, path = filesystem_for(file, storage_options)
-    with fs.open_input_file(path) as fh:
-        schema: pa.Schema = pq.read_schema(fh)
-    return schema
-
-
-def _polars_options(file: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
-    # Local files need none; object stores take the same credentials Polars' readers take.
-    return None if "://" not in file or file.startswith("file://") else storage_options
 
 
 def _slug(text: str) -> str:

@@ -17,7 +17,7 @@ folds hostile events both ways and compares.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import operator
 import uuid
 from collections.abc import Callable, Sequence
@@ -26,7 +26,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any, Literal, NamedTuple
 
-import orjson
+import msgspec
 import pyarrow as pa
 
 from esworkbench.aggregates import AggregateRoot, DomainEvent
@@ -42,7 +42,7 @@ from esworkbench.errors import (
 )
 from esworkbench.events import SCHEMA_VERSION_KEY, EventRegistry, json_object
 from esworkbench.findings import FINDINGS_SCHEMA, evidence_json, severity_of
-from esworkbench.fold._columns import CHANGED, to_arrow
+from esworkbench.fold._columns import CHANGED, StateColumns
 from esworkbench.fold.batches import gc_paused
 
 OnError = Literal["stop", "skip"]
@@ -82,7 +82,6 @@ _IMMUTABLE = frozenset(
 )
 # Errors a payload or its upcasters raise on bad data: the event is undecodable, not a crash.
 _DECODE_ERRORS = (EventError, LookupError, TypeError, ValueError, ArithmeticError)
-_MISSING = object()
 
 
 class BatchResult(NamedTuple):
@@ -124,20 +123,21 @@ def _schema_version(meta: dict[str, Any], event_type: str) -> int:
     return version
 
 
-# orjson reads an integer too wide for 64 bits as a float where json keeps it exact: an object
-# holding a float, or anything nested, is read again by json (a flat check is all it costs).
-_MAYBE_INEXACT = frozenset({float, dict, list})
+# msgspec reads JSON as json.loads does wherever it accepts it (integers of any width exactly,
+# floats correctly rounded, the last of duplicate keys) and refuses what json reads leniently
+# (NaN, Infinity, 1e400, lone surrogates): those events take the reference path.
+_read_json = msgspec.json.Decoder().decode
 
 
 class _FastDecoder:
     """The decoding of the reference path (``_decode``), faster, for what it can vouch for.
 
-    Payload and metadata are parsed by orjson instead of json (4-5x faster on event-sized
+    Payload and metadata are parsed by msgspec instead of json (~7x faster on event-sized
     objects), and each (type, schema version) gets its decoder from the registry once. Anything
-    off the plain road (not an object, a version that is not an int, text that orjson would
-    read differently or not at all, a payload the registry refuses) answers None, and the
-    caller takes the reference path for that event: errors, and their messages, come only
-    from there, so both paths give the same results by construction.
+    off the plain road (not an object, a version that is not an int, text that msgspec refuses,
+    a payload the registry refuses) answers None, and the caller takes the reference path for
+    that event: errors, and their messages, come only from there, so both paths give the same
+    results by construction.
     """
 
     def __init__(self, registry: EventRegistry) -> None:
@@ -149,8 +149,8 @@ class _FastDecoder:
     ) -> tuple[Any, dict[str, Any]] | None:
         try:
             if metadata:
-                meta = _object(metadata)
-                if meta is None:
+                meta = _read_json(metadata) if type(metadata) is str else None
+                if type(meta) is not dict:
                     return None
                 version = meta.get(SCHEMA_VERSION_KEY, 1)
                 if type(version) is not int:
@@ -161,25 +161,12 @@ class _FastDecoder:
             if decode is None:
                 decode = self._registry.decoder(event_type, version=version)
                 self._decoders[(event_type, version)] = decode
-            body = _object(data)
-            if body is None:
+            body = _read_json(data) if type(data) is str else None
+            if type(body) is not dict:
                 return None
             return decode(body), meta
         except Exception:
             return None
-
-
-def _object(text: Any) -> dict[str, Any] | None:
-    """JSON text that holds an object, parsed as json.loads would; None if it is not one."""
-    if type(text) is not str:
-        return None
-    value = orjson.loads(text)
-    if type(value) is not dict:
-        return None
-    if not _MAYBE_INEXACT.isdisjoint(map(type, value.values())):
-        value = json.loads(text)
-    parsed: dict[str, Any] = value
-    return parsed
 
 
 def _frozen(value: Any) -> Any:
@@ -287,6 +274,10 @@ def fold_batch(table: pa.Table, cls: type[AggregateRoot], on_error: OnError) -> 
 
     With on_error="stop" a stream's rows end before its first finding. With "skip" every event
     gets a row: the state the aggregate holds after being handed it (see ``_fold_event``).
+
+    The loop does only what needs the aggregate: decode, apply, and take the state's values
+    (one C call for an aggregate with the contract's ``state()``). Which fields each event
+    changed is worked out afterwards, column by column (``_changed_column``).
     """
     n = table.num_rows
     streams: list[str] = table.column("stream_name").to_pylist()
@@ -300,12 +291,16 @@ def fold_batch(table: pa.Table, cls: type[AggregateRoot], on_error: OnError) -> 
     )
 
     skip = on_error == "skip"
+    # Rows of `table` that have a timeline row (every row, unless a stream stopped early).
     rows: list[int] = []
-    # The state after each row as (field names, values): one shared names tuple while the
-    # fields stay the same, so the columns come out of a single zip.
+    # The state after each timeline row as (field names, values): one shared names tuple while
+    # the fields stay the same, so the columns come out of a single zip.
     names: list[tuple[str, ...]] = []
     values: list[tuple[Any, ...]] = []
-    changes: list[list[str]] = []
+    # Per stream: its first timeline row and the state of its fresh aggregate (what the first
+    # event changed is measured against it).
+    starts: list[int] = []
+    initial: list[tuple[tuple[str, ...], tuple[Any, ...]]] = []
     findings: list[tuple[Any, ...]] = []
     finding_rows: list[int] = []
     interned: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -320,92 +315,89 @@ def fold_batch(table: pa.Table, cls: type[AggregateRoot], on_error: OnError) -> 
             while end < n and streams[end] == stream:
                 end += 1
             aggregate = cls(cls.aggregate_id_of(stream))
-            previous_names, previous = read_state(aggregate)
-            # One names tuple for the whole batch while the fields stay the same.
-            previous_names = interned.setdefault(previous_names, previous_names)
+            fresh_names, fresh = read_state(aggregate)
+            state_names = interned.setdefault(fresh_names, fresh_names)
+            starts.append(len(rows))
+            initial.append((state_names, fresh))
+            aggregate_id = aggregate.id
             for k in range(start, end):
                 revision = revisions[k]
-                if rejected[k] is not None:
-                    failures: list[Exception] = [
-                        PayloadDecodeError(
-                            event_types[k], f"the lake rejected it at ingest ({rejected[k]})"
-                        )
-                    ]
-                else:
+                event_type = event_types[k]
+                decoded: tuple[Any, dict[str, Any]] | Exception | None = (
+                    fast(event_type, datas[k], metas[k]) if rejected[k] is None else None
+                )
+                failures: list[Exception] | None
+                if decoded is None:
                     try:
-                        failures = _fold_event(
-                            aggregate,
-                            event_types[k],
-                            revision,
-                            datas[k],
-                            metas[k],
-                            event_ids[k],
-                            skip,
-                            fast,
+                        decoded = _reference_decoding(
+                            cls.registry, event_type, datas[k], metas[k], rejected[k]
                         )
                     except Exception as e:
                         raise _apply_error(
-                            cls, stream, revision, event_types[k], event_ids[k], e
+                            cls, stream, revision, event_type, event_ids[k], e
                         ) from e
+                if isinstance(decoded, tuple):
+                    event = _new_event(event_type, aggregate_id, revision, *decoded, event_ids[k])
+                    try:
+                        aggregate.load_from_history((event,))
+                        failures = None
+                    except Exception as error:
+                        failures = _refusal(aggregate, event, error, skip, stream)
+                else:
+                    failures = [decoded]
                 if failures:
-                    for failure in failures:
-                        message = str(failure)
-                        if not skip and end - k > 1:
-                            message += (
-                                f" [replay of {stream} stopped here (on_error='stop'); "
-                                f"{end - k - 1} later event(s) not replayed]"
-                            )
-                        kind = finding_kind(failure)
-                        finding_rows.append(k)
-                        findings.append(
-                            (
-                                kind,
-                                severity_of(kind),
-                                message,
-                                evidence_json(_evidence(failure)),
-                                type(failure).__name__,
-                            )
-                        )
+                    said = [_finding(f, stream, skip, later=end - k - 1) for f in failures]
+                    findings.extend(said)
+                    finding_rows.extend([k] * len(said))
+                    # An exception caught here holds this frame through its traceback: keeping
+                    # it would keep the whole batch alive until a full collection.
+                    failures = None
                     if not skip:
                         break
                     # The version moves past the event, so the rest of the stream is checked
                     # against the contract instead of failing as one long gap.
                     if revision > aggregate.version:
                         aggregate.version = revision
-                state_names, state_values = read_state(aggregate)
-                if state_names is previous_names or state_names == previous_names:
-                    state_names = previous_names
-                    changed = [
-                        name
-                        for name, new, old in zip(state_names, state_values, previous, strict=True)
-                        if new is not old and new != old
-                    ]
-                else:
-                    changed = _changed(
-                        dict(zip(previous_names, previous, strict=True)),
-                        dict(zip(state_names, state_values, strict=True)),
-                    )
-                    state_names = interned.setdefault(state_names, state_names)
+                now_names, now = read_state(aggregate)
+                if now_names is not state_names and now_names != state_names:
+                    state_names = interned.setdefault(now_names, now_names)
                 rows.append(k)
                 names.append(state_names)
-                values.append(state_values)
-                changes.append(changed)
-                previous_names, previous = state_names, state_values
+                values.append(now)
             start = end
 
-    timeline = table.select(list(TIMELINE_ENVELOPE)).take(pa.array(rows, type=pa.int64()))
-    for name, column in _state_columns(names, values).items():
-        timeline = timeline.append_column(name, column)
-    timeline = timeline.append_column(CHANGED, _lists(changes))
+        state = StateColumns(names, values, starts, initial)
+        columns = state.columns()
+        changed = state.changed()
+        # Free the batch's Python objects while the GC still sleeps: left alive, the first
+        # collection after it wakes would walk every one of them.
+        del state, names, values, initial, datas, metas
+
+    timeline = table.select(list(TIMELINE_ENVELOPE))
+    if len(rows) < n:
+        timeline = timeline.take(pa.array(rows, type=pa.int64()))
+    for name, column in columns.items():
+        timeline = timeline.append_column(state_column_name(name), column)
+    timeline = timeline.append_column(CHANGED, changed)
     return BatchResult(timeline, _findings_table(table, finding_rows, findings))
 
 
-def _lists(changes: list[list[str]]) -> pa.Array:
-    """The `changed` column: few distinct lists, each converted once, then taken per row."""
-    distinct: dict[tuple[str, ...], int] = {}
-    index = [distinct.setdefault(tuple(c), len(distinct)) for c in changes]
-    lists = pa.array([list(c) for c in distinct], type=pa.list_(pa.string()))
-    return lists.take(pa.array(index, type=pa.int32()))
+def _finding(failure: Exception, stream: str, skip: bool, *, later: int) -> tuple[Any, ...]:
+    """What replay says about one problem: kind, severity, message, evidence, error type."""
+    message = str(failure)
+    if not skip and later:
+        message += (
+            f" [replay of {stream} stopped here (on_error='stop'); "
+            f"{later} later event(s) not replayed]"
+        )
+    kind = finding_kind(failure)
+    return (
+        kind,
+        severity_of(kind),
+        message,
+        evidence_json(_evidence(failure)),
+        type(failure).__name__,
+    )
 
 
 def _findings_table(table: pa.Table, rows: list[int], findings: list[tuple[Any, ...]]) -> pa.Table:
@@ -430,51 +422,82 @@ def _findings_table(table: pa.Table, rows: list[int], findings: list[tuple[Any, 
     return pa.table([columns[name] for name in FINDINGS_SCHEMA.names], schema=FINDINGS_SCHEMA)
 
 
-def _fold_event(
-    aggregate: AggregateRoot,
-    event_type: str,
-    revision: int,
-    data: Any,
-    metadata: Any,
-    event_id: str,
-    skip: bool,
-    fast: _FastDecoder,
+def _refusal(
+    aggregate: AggregateRoot, event: DomainEvent, error: Exception, skip: bool, stream: str
 ) -> list[Exception]:
-    """Decode one stored event and hand it to the aggregate; the problems met, if any.
+    """The problems behind an event the aggregate refused (`error`), after a resume if any.
 
-    Only AggregateErrors and decoding errors come back as problems; anything else raised by
-    the aggregate propagates (a bug, not history). An event the aggregate refuses leaves the
-    aggregate in whatever state it put itself: unchanged for one that checks before it mutates,
-    the event's effect for one that (like the bank) applies amounts first and then objects.
+    Only AggregateErrors come back as problems; anything else the aggregate raises is a bug,
+    not history, and stops the replay with a FoldError. A refused event leaves the aggregate in
+    whatever state it put itself: unchanged for one that checks before it mutates, the event's
+    effect for one that (like the bank) applies amounts first and then objects.
     """
-    decoded = fast(event_type, data, metadata)
-    if decoded is None:
-        reference = _decode(aggregate.registry, event_type, data, metadata)
-        if isinstance(reference, Exception):
-            return [reference]
-        decoded = reference
-    payload, meta = decoded
-    event = DomainEvent(event_type, aggregate.id, revision, payload, meta, event_id)
-    try:
-        aggregate.load_from_history((event,))
-    except DomainRuleErrors as group:
-        return list(group.exceptions)
-    except HistoryError as e:
-        if not (skip and _is_gap(e, aggregate, revision)):
-            return [e]
+    if isinstance(error, DomainRuleErrors):
+        return list(error.exceptions)
+    if isinstance(error, HistoryError):
+        if not (skip and _is_gap(error, aggregate, event.aggregate_version)):
+            return [error]
         # Revisions are missing before this event (truncated, deleted, or rejected at ingest
         # and not read): report the gap, then resume the stream at the event that is here.
-        aggregate.version = revision - 1
+        aggregate.version = event.aggregate_version - 1
         try:
             aggregate.load_from_history((event,))
         except DomainRuleErrors as group:
-            return [e, *group.exceptions]
+            return [error, *group.exceptions]
         except AggregateError as again:
-            return [e, again]
-        return [e]
-    except AggregateError as e:
-        return [e]
-    return []
+            return [error, again]
+        except Exception as bug:
+            raise _event_error(aggregate, stream, event, bug) from bug
+        return [error]
+    if isinstance(error, AggregateError):
+        return [error]
+    raise _event_error(aggregate, stream, event, error) from error
+
+
+def _event_error(
+    aggregate: AggregateRoot, stream: str, event: DomainEvent, error: Exception
+) -> FoldError:
+    return _apply_error(
+        type(aggregate), stream, event.aggregate_version, event.event_type, event.event_id, error
+    )
+
+
+def _new_event(
+    event_type: str,
+    aggregate_id: str,
+    version: int,
+    payload: Any,
+    metadata: dict[str, Any],
+    event_id: str,
+) -> DomainEvent:
+    """``DomainEvent(...)`` for a stored event, at half the cost of the dataclass's __init__.
+
+    The frozen dataclass sets each field through ``object.__setattr__``; setting its slots
+    directly gives the same object (tests/fold/test_engine.py compares them).
+    """
+    event = _NEW(DomainEvent)
+    _SET_TYPE(event, event_type)
+    _SET_AGGREGATE(event, aggregate_id)
+    _SET_VERSION(event, version)
+    _SET_DATA(event, payload)
+    _SET_METADATA(event, metadata)
+    _SET_ID(event, event_id)
+    return event
+
+
+_NEW = object.__new__
+(_SET_TYPE, _SET_AGGREGATE, _SET_VERSION, _SET_DATA, _SET_METADATA, _SET_ID) = (
+    DomainEvent.__dict__[field.name].__set__ for field in dataclasses.fields(DomainEvent)
+)
+
+
+def _reference_decoding(
+    registry: EventRegistry, event_type: str, data: Any, metadata: Any, rejected: str | None
+) -> tuple[Any, dict[str, Any]] | Exception:
+    """(payload, metadata) of an event the fast decoding could not vouch for, or why not."""
+    if rejected is not None:
+        return PayloadDecodeError(event_type, f"the lake rejected it at ingest ({rejected})")
+    return _decode(registry, event_type, data, metadata)
 
 
 def _decode(
@@ -507,26 +530,3 @@ def _is_gap(error: HistoryError, aggregate: AggregateRoot, revision: int) -> boo
 def state_column_name(field: str) -> str:
     """The timeline column of a state field (prefixed when it would shadow an envelope column)."""
     return f"state_{field}" if field in RESERVED else field
-
-
-def _changed(previous: dict[str, Any], state: dict[str, Any]) -> list[str]:
-    changed = [key for key, value in state.items() if previous.get(key, _MISSING) != value]
-    changed.extend(key for key in previous if key not in state)
-    return changed
-
-
-def _state_columns(
-    names: list[tuple[str, ...]], values: list[tuple[Any, ...]]
-) -> dict[str, pa.Array]:
-    if not names:
-        return {}
-    first = names[0]
-    if all(n is first for n in names):
-        columns = zip(*values, strict=True) if values else ()
-        return {state_column_name(f): to_arrow(c) for f, c in zip(first, columns, strict=True)}
-    # The aggregate grew or shed fields along the way: line rows up by name.
-    fields: dict[str, None] = {}
-    for n in dict.fromkeys(names):
-        fields.update(dict.fromkeys(n))
-    rows = [dict(zip(n, v, strict=True)) for n, v in zip(names, values, strict=True)]
-    return {state_column_name(f): to_arrow([r.get(f) for r in rows]) for f in fields}

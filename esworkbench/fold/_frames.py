@@ -10,11 +10,14 @@ are equal. ``merge_rejected`` and ``cut`` shape the input the same way for both.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from esworkbench.aggregates import AggregateRoot
 from esworkbench.errors import ConfigError, FoldError
@@ -23,8 +26,19 @@ from esworkbench.fold import _engine as core
 from esworkbench.fold._columns import CHANGED, unify
 from esworkbench.fold._engine import OnError
 from esworkbench.fold.batches import Job, plan_batches, run_batches
+from esworkbench.lake import filesystem_for
 
-__all__ = ["Replay", "cut", "empty_timeline", "findings_frame", "fold_frame", "merge_rejected"]
+__all__ = [
+    "MemorySink",
+    "PartsSink",
+    "Replay",
+    "cut",
+    "empty_timeline",
+    "findings_frame",
+    "fold_frame",
+    "merge_rejected",
+    "scan_unified",
+]
 
 
 class Replay:
@@ -202,6 +216,78 @@ def cut(as_of: int | datetime | None) -> pl.Expr | None:
 # --- assembling ----------------------------------------------------------------------------
 
 
+class MemorySink:
+    """Batch results held in memory, joined into one Replay at the end."""
+
+    def __init__(self, cls: type[AggregateRoot]) -> None:
+        self._cls = cls
+        self._results: list[core.BatchResult] = []
+        self._events = 0
+
+    def add(self, result: core.BatchResult, *, events: int) -> None:
+        """Keep one batch's results (of `events` events read)."""
+        self._results.append(result)
+        self._events += events
+
+    def replay(self) -> Replay:
+        """The Replay of every batch added."""
+        return Replay(
+            timeline=_timeline(self._results, self._cls),
+            findings=findings_frame(self._results),
+            aggregate=self._cls,
+            events_read=self._events,
+        )
+
+
+class PartsSink:
+    """Batch results written as Parquet parts under `out` as they come, read back lazily.
+
+    ``timeline/part-NNNNN.parquet`` and ``findings/part-NNNNN.parquet``, one per batch with
+    rows; what was there from an earlier run is replaced.
+    """
+
+    def __init__(self, out: Path, cls: type[AggregateRoot]) -> None:
+        self._cls = cls
+        self._dirs = {name: out / name for name in ("timeline", "findings")}
+        for directory in self._dirs.values():
+            directory.mkdir(parents=True, exist_ok=True)
+            for old in directory.glob("part-*.parquet"):
+                old.unlink()
+        self._files: dict[str, list[str]] = {name: [] for name in self._dirs}
+        self._events = 0
+
+    def add(self, result: core.BatchResult, *, events: int) -> None:
+        """Write one batch's results (of `events` events read)."""
+        self._events += events
+        for name, table in (("timeline", result.timeline), ("findings", result.findings)):
+            if table.num_rows:
+                path = self._dirs[name] / f"part-{len(self._files[name]):05d}.parquet"
+                pq.write_table(table, path)
+                self._files[name].append(str(path))
+
+    def replay(self) -> Replay:
+        """The Replay over the parts written, read lazily."""
+        sort = ["commit_position", "stream_name", "stream_revision"]
+        timelines, findings = self._files["timeline"], self._files["findings"]
+        if timelines:
+            timeline = scan_unified(timelines, None)
+        else:
+            empty = pl.from_arrow(empty_timeline(self._cls))
+            assert isinstance(empty, pl.DataFrame)
+            timeline = empty.lazy()
+        found = (
+            scan_unified(findings, None, schema=FINDINGS_SCHEMA)
+            if findings
+            else findings_frame([]).lazy()
+        )
+        return Replay(
+            timeline=timeline.sort(sort, maintain_order=True),
+            findings=found.sort(sort, maintain_order=True),
+            aggregate=self._cls,
+            events_read=self._events,
+        )
+
+
 def _timeline(results: list[core.BatchResult], cls: type[AggregateRoot]) -> pl.DataFrame:
     # A batch without rows has no state columns to offer; a fresh aggregate names them.
     tables = [r.timeline for r in results if r.timeline.num_rows]
@@ -239,3 +325,48 @@ def findings_frame(results: list[core.BatchResult]) -> pl.DataFrame:
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     return frame.sort("commit_position", maintain_order=True)
+
+
+def scan_unified(
+    files: Sequence[str],
+    storage_options: dict[str, Any] | None,
+    *,
+    schema: pa.Schema | None = None,
+) -> pl.LazyFrame:
+    """One LazyFrame over result files whose column types may differ (as batches' may).
+
+    Each column gets `schema`'s type, or (None, for timelines) the type the single-process
+    replay gives when it joins its batches (``_columns.unify``), read from the files' schemas
+    without reading their rows.
+    """
+    schemas = [_schema(f, storage_options) for f in files]
+    target = schema or unify([s.empty_table() for s in schemas]).schema
+    empty = pl.from_arrow(target.empty_table())
+    assert isinstance(empty, pl.DataFrame)
+    polars_target = empty.schema
+    scans = []
+    for file, found in zip(files, schemas, strict=True):
+        scan = pl.scan_parquet(file, storage_options=_polars_options(file, storage_options))
+        if [(f.name, f.type) for f in found] != [(f.name, f.type) for f in target]:
+            scan = scan.select(
+                [
+                    pl.col(name).cast(dtype)
+                    if name in found.names
+                    else pl.lit(None, dtype).alias(name)
+                    for name, dtype in polars_target.items()
+                ]
+            )
+        scans.append(scan)
+    return pl.concat(scans, how="vertical")
+
+
+def _schema(file: str, storage_options: dict[str, Any] | None) -> pa.Schema:
+    fs, path = filesystem_for(file, storage_options)
+    with fs.open_input_file(path) as fh:
+        schema: pa.Schema = pq.read_schema(fh)
+    return schema
+
+
+def _polars_options(file: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    # Local files need none; object stores take the same credentials Polars' readers take.
+    return None if "://" not in file or file.startswith("file://") else storage_options

@@ -37,8 +37,9 @@ or an event the lake rejected at ingest, with the lake's reason).
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,6 +54,7 @@ from esworkbench.findings import FINDINGS_SCHEMA
 from esworkbench.fold import _engine as core
 from esworkbench.fold import _frames as frames
 from esworkbench.fold._frames import Replay
+from esworkbench.fold.batches import run_stream
 from esworkbench.lake import opened
 
 if TYPE_CHECKING:
@@ -131,8 +133,13 @@ def replay(
     partitions: int = 16,
     workdir: str | Path | None = None,
     storage_options: dict[str, Any] | None = None,
+    out: str | Path | None = None,
 ) -> Replay:
     """Replay the lake's events through `aggregate`, one fresh instance per stream.
+
+    The lake is read a batch of whole streams at a time (sorted by DuckDB within a memory
+    limit), each batch is folded as it arrives, and with `out` its results go straight to
+    Parquet files: memory then follows `batch_size`, not the lake.
 
     Args:
         lake: an open ``Lake`` or the path of a lake file (opened read-only).
@@ -161,6 +168,9 @@ def replay(
             (default: ``<lake file>.dask/`` beside the lake); partitions go in
             ``partitions/``, results in ``replays/<run>/``.
         storage_options: with engine="dask": fsspec options for `workdir` (credentials).
+        out: a directory to write the results into as they come (``timeline/part-*.parquet``
+            and ``findings/part-*.parquet``, rows in stream order); the result then reads
+            them lazily (``scan_timeline()``). Default: results held in memory.
 
     Returns:
         The timeline and the findings (see the module docstring for their columns).
@@ -196,12 +206,16 @@ def replay(
     if engine != "local":
         raise ConfigError(f"engine={engine!r}; valid: ['dask', 'local']")
     cut = frames.cut(as_of)
+    options = _options(_scope(cls, streams=streams, stream_prefix=stream_prefix))
+    sink = frames.PartsSink(Path(out), cls) if out is not None else frames.MemorySink(cls)
+    work = functools.partial(core.fold_batch, cls=cls, on_error=on_error)
     with opened(lake) as lake_:
-        read = _read(lake_, _scope(cls, streams=streams, stream_prefix=stream_prefix))
-    events = read if cut is None else read.filter(cut)
-    return replay_frame(
-        events, cls, workers=workers, on_error=on_error, progress=progress, batch_size=batch_size
-    )
+        batches = lake_.iter_streams(batch_size=batch_size, **options)
+        tables = iter(batches) if cut is None else _cut_each(batches, cut)
+        with _progress(progress, None if cut is not None else batches.rows, cls) as bar:
+            for events, result in run_stream(tables, work, workers=workers, advance=bar.update):
+                sink.add(core.BatchResult(*result), events=events)
+    return sink.replay()
 
 
 def replay_frame(
@@ -300,11 +314,14 @@ def _scope(
     )
 
 
-def _read(lake: Lake, scope: EventFilter) -> pl.DataFrame:
-    """The events in scope, plus the rejected ones (``rejected`` = the lake's reason)."""
-    options = _options(scope)
-    events = lake.scan_events(**options).select(core.INPUT_COLUMNS).collect()
-    return with_rejected(lake, events, **options)
+def _cut_each(tables: Iterable[pa.Table], cut: pl.Expr) -> Iterator[pa.Table]:
+    """Each batch's rows as of the cut (a batch holds whole streams, as the cut needs)."""
+    for table in tables:
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        kept = frame.filter(cut)
+        if kept.height:
+            yield kept.to_arrow()
 
 
 def _options(scope: EventFilter) -> FilterOptions:
@@ -355,7 +372,7 @@ class _NoBar:
         pass
 
 
-def _progress(enabled: bool, total: int, cls: type[AggregateRoot]) -> Any:
+def _progress(enabled: bool, total: int | None, cls: type[AggregateRoot]) -> Any:
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm

@@ -9,6 +9,10 @@ Workers inherit the input table, its stream order and the work function through 
 bytes. Work functions must not call Polars, whose thread pool is not fork-safe; pyarrow
 re-creates its own after a fork.
 
+``run_stream`` does the same for batches that arrive one at a time (read from the lake as the
+work goes on): each is sent to a worker as Arrow IPC bytes, and no more than two per worker are
+in flight, so memory follows the batch size, not the input.
+
 Example:
     >>> plan_batches([3, 4, 2, 5], batch_size=5)
     [(0, 7), (7, 14)]
@@ -19,14 +23,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from multiprocessing.pool import AsyncResult
 from typing import NamedTuple
 
 import pyarrow as pa
 
 from esworkbench.errors import ConfigError
 
-__all__ = ["Job", "Work", "gc_paused", "plan_batches", "run_batches"]
+__all__ = ["Job", "Work", "gc_paused", "plan_batches", "run_batches", "run_stream"]
 
 # Folds one batch (rows sorted by stream, revision) into result tables.
 Work = Callable[[pa.Table], Sequence[pa.Table]]
@@ -111,13 +117,7 @@ def run_batches(
             results.append(job.run(index))
             advance(end - start)
         return results
-    try:
-        context = multiprocessing.get_context("fork")
-    except ValueError as e:
-        raise ConfigError(
-            f"workers={workers} needs the 'fork' start method, which this platform lacks; "
-            "use workers=1"
-        ) from e
+    context = _fork_context(workers)
     global _SHARED
     _SHARED = job
     # Objects frozen before the fork are never visited by a collection in the children, so their
@@ -134,3 +134,62 @@ def run_batches(
     finally:
         _SHARED = None
         gc.unfreeze()
+
+
+# The forked workers' work function for `run_stream`: set in the parent before the fork.
+_STREAM_WORK: Work | None = None
+
+
+def _stream_worker(table: bytes) -> list[bytes]:
+    assert _STREAM_WORK is not None, "stream worker started without its work"
+    return [_ipc(result) for result in _STREAM_WORK(_from_ipc(table))]
+
+
+def run_stream(
+    tables: Iterable[pa.Table], work: Work, *, workers: int, advance: Callable[[int], None]
+) -> Iterator[tuple[int, tuple[pa.Table, ...]]]:
+    """(rows in, results of `work`) for each table, in order, as the tables arrive.
+
+    With `workers` > 1 the tables go to that many forked processes, at most two per worker in
+    flight. `advance` is called with each finished table's row count.
+    """
+    if workers <= 1:
+        for table in tables:
+            result = tuple(work(table))
+            advance(table.num_rows)
+            yield table.num_rows, result
+        return
+    context = _fork_context(workers)
+    global _STREAM_WORK
+    _STREAM_WORK = work
+    gc.freeze()
+    try:
+        with context.Pool(processes=workers) as pool:
+            in_flight: deque[tuple[int, AsyncResult[list[bytes]]]] = deque()
+            for table in tables:
+                in_flight.append((table.num_rows, pool.apply_async(_stream_worker, (_ipc(table),))))
+                if len(in_flight) >= 2 * workers:
+                    yield _collect(*in_flight.popleft(), advance)
+            while in_flight:
+                yield _collect(*in_flight.popleft(), advance)
+    finally:
+        _STREAM_WORK = None
+        gc.unfreeze()
+
+
+def _collect(
+    rows: int, pending: AsyncResult[list[bytes]], advance: Callable[[int], None]
+) -> tuple[int, tuple[pa.Table, ...]]:
+    result = tuple(_from_ipc(blob) for blob in pending.get())
+    advance(rows)
+    return rows, result
+
+
+def _fork_context(workers: int) -> multiprocessing.context.BaseContext:
+    try:
+        return multiprocessing.get_context("fork")
+    except ValueError as e:
+        raise ConfigError(
+            f"workers={workers} needs the 'fork' start method, which this platform lacks; "
+            "use workers=1"
+        ) from e

@@ -18,7 +18,8 @@ version, SQL helpers), `_ingest` (decoding a raw batch into `events` / `_rejecte
 `_payloads` (exact checks of suspect payloads), `_views` (typed views), `_export` (filter SQL,
 Parquet and archive export), `_partitions` (hash partitions of whole streams for compute
 engines, incremental, with a manifest), `_open` (opening the file, waiting for locks),
-`_readmodels` (projections' read models, rows + checkpoint per transaction).
+`_readmodels` (projections' read models, rows + checkpoint per transaction), `_streams` (whole
+streams in batches, sorted within a memory limit: what a fold reads).
 
 Example:
     >>> from esworkbench.lake import Lake, sync

@@ -27,6 +27,7 @@ from esworkbench.lake import _export, _partitions, _schema, _views
 from esworkbench.lake._open import DEFAULT_LOCK_TIMEOUT, connect, permission_error
 from esworkbench.lake._readmodels import ReadModelStore, read_model_schemas
 from esworkbench.lake._schema import q, rows
+from esworkbench.lake._streams import StreamBatches
 from esworkbench.lake._writer import LakeWriter, read_checkpoint
 
 if TYPE_CHECKING:
@@ -284,6 +285,23 @@ class Lake:
                 yield _envelope_batch(batch)
         finally:
             cursor.close()
+
+    def iter_streams(
+        self, *, batch_size: int = 50_000, **filters: Unpack[FilterOptions]
+    ) -> StreamBatches:
+        """Whole streams in (stream, revision) order, in batches: the input of a fold.
+
+        The events in scope and, in their place, those the lake rejected (column
+        ``rejected``: the lake's reason). Each batch is about `batch_size` rows and never
+        splits a stream; memory follows the batch, not the lake (see ``_streams``). Filter on
+        streams (category, names, prefix, regex): rejected copies are matched to kept events
+        by stream and revision.
+
+        Example:
+            >>> for table in lake.iter_streams(category="user"):         # doctest: +SKIP
+            ...     fold(table)
+        """
+        return StreamBatches(self._con, EventFilter.of(**filters), batch_size=batch_size)
 
     def _arrow(self, f: EventFilter) -> pa.Table:
         table = self._relation(f).to_arrow_table()

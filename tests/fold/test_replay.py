@@ -31,6 +31,7 @@ from esworkbench.fold import (
     replay_frame,
     resolve_aggregate,
     state_as_of,
+    with_rejected,
 )
 from esworkbench.lake import Lake, sync
 from esworkbench.sources import SourceBatch
@@ -869,3 +870,28 @@ def test_the_lake_sums_in_duckdb_what_polars_sums_over_a_frame(
         in_polars = bank_balances(lake.read_events())
     assert in_duckdb.height == len(moves)
     assert_frame_equal(in_duckdb, in_polars)
+
+
+def test_a_replay_written_to_parts_reads_back_as_the_replay_in_memory(
+    sample: Sample, tmp_path: Path
+) -> None:
+    out = tmp_path / "replay"
+    written = replay(sample.lake, BANK, on_error="skip", batch_size=700, out=out)
+
+    assert len(list((out / "timeline").glob("part-*.parquet"))) > 1
+    assert isinstance(written.scan_timeline(), pl.LazyFrame)
+    assert_frame_equal(written.timeline, sample.replayed.timeline)
+    assert_frame_equal(written.findings, sample.replayed.findings)
+    assert written.events_read == sample.replayed.events_read
+    # A second run into the same directory replaces the parts of the first.
+    again = replay(sample.lake, BANK, on_error="skip", batch_size=5_000, out=out)
+    assert_frame_equal(again.timeline, sample.replayed.timeline)
+
+
+def test_streamed_replay_equals_the_replay_of_the_same_events_in_a_frame(sample: Sample) -> None:
+    with Lake(sample.lake, read_only=True) as lake:
+        events = with_rejected(lake, lake.read_events(category="user"), category="user")
+    framed = replay_frame(events, BANK, on_error="skip")
+
+    assert_frame_equal(framed.timeline, sample.replayed.timeline)
+    assert_frame_equal(framed.findings, sample.replayed.findings)
