@@ -2,6 +2,7 @@
 
     python bench/fold.py                       # ~1M sample events (lake built once, then reused)
     python bench/fold.py --users 400 --days 90 # a quick run
+    python bench/fold.py --rss 3800 11400      # only: peak RSS of replay(out=...) at ~1M and ~3M
 
 The lake is built from the sample generator on first use (bench/out/, git-ignored) and reused.
 Replay timings exclude reading the lake (timed separately), so the figures compare the folds;
@@ -18,6 +19,9 @@ Two yardsticks from outside the library run on the same lake in the same process
   stream order by revision)), beside ``bank_balances(lake)``, with their balances compared.
 
 Each prints "x/y" ratios: above 1.0 the library is the faster.
+
+Peak memory: ``replay(lake, out=DIR)`` (results written batch by batch) runs in a fresh process
+per lake size, which prints its own peak RSS, so one run's memory does not hide another's.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ import gc
 import json
 import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -185,7 +192,19 @@ def main() -> None:
         "--no-gc-compare", action="store_true", help="skip the run with the cyclic GC left on"
     )
     parser.add_argument("--no-parallel", action="store_true", help="skip the workers=2 run")
+    parser.add_argument(
+        "--rss",
+        type=int,
+        nargs="+",
+        metavar="USERS",
+        help="only measure peak RSS of replay(out=...) on the lakes of these user counts",
+    )
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_out is not None:
+        return child_replay_out(args.child_out, args.batch_size)
+    if args.rss:
+        return peak_rss(args.rss, args.days, args.seed, args.batch_size)
 
     OUT.mkdir(exist_ok=True)
     path = OUT / f"fold-{args.users}u-{args.days}d-s{args.seed}.duckdb"
@@ -231,23 +250,27 @@ def main() -> None:
             with gc_left_on():
                 timed("replay_frame, sequential, cyclic GC left on", n, lambda: fold(1), repeat=1)
         hand = timed("hand loop (rows, json.loads, Decimal)", n, lambda: hand_loop(path), repeat=2)
-        end = timed(
-            "replay(lake) end to end, sequential",
-            n,
-            lambda: replay(lake, BANK, on_error="skip", batch_size=args.batch_size),
-            repeat=args.repeat,
-        )
         # Rows the lake rejected have a timeline row but no hand-loop row: compare the others.
         keys = ["stream_name", "stream_revision"]
-        paired = hand.result.join(
-            end.result.timeline.select(*keys, pl.col("balance").alias("fold")), on=keys
-        )
-        same_hand = paired.height == hand.result.height and paired["balance"].equals(paired["fold"])
-        print(
-            f"    replay(lake) vs hand loop: {hand.wall / end.wall:.2f}x wall, "
-            f"{hand.cpu / end.cpu:.2f}x cpu (>= 1.0: replay is as fast); "
-            f"same balances: {same_hand}"
-        )
+        for workers in (1,) if args.no_parallel else (1, 2):
+            end = timed(
+                f"replay(lake) end to end, workers={workers}",
+                n,
+                lambda w=workers: replay(  # type: ignore[misc]
+                    lake, BANK, on_error="skip", batch_size=args.batch_size, workers=w
+                ),
+                repeat=args.repeat,
+            )
+            paired = hand.result.join(
+                end.result.timeline.select(*keys, pl.col("balance").alias("fold")), on=keys
+            )
+            same = paired.height == hand.result.height and paired["balance"].equals(paired["fold"])
+            print(
+                f"    replay(lake, workers={workers}) vs hand loop: {hand.wall / end.wall:.2f}x "
+                f"wall, {hand.cpu / end.cpu:.2f}x cpu (>= 1.0: replay is as fast); "
+                f"same balances: {same}"
+            )
+            del end, paired
         vec = timed(
             "bank_balances(frame), vectorized", n, lambda: bank_balances(events), repeat=args.repeat
         )
@@ -266,6 +289,40 @@ def main() -> None:
         )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     print(f"\npeak RSS of this process: {rss_mb():,.0f} MB")
+
+
+def peak_rss(user_counts: list[int], days: int, seed: int, batch_size: int) -> None:
+    """Peak RSS of replay(out=...) per lake size, each in a fresh process."""
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    for users in user_counts:
+        path = OUT / f"fold-{users}u-{days}d-s{seed}.duckdb"
+        if not path.exists():
+            build_lake(path, users=users, days=days, seed=seed)
+        found = subprocess.run(
+            [sys.executable, __file__, "--child-out", str(path), "--batch-size", str(batch_size)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        figures = json.loads(found.stdout.strip().splitlines()[-1])
+        print(
+            f"  replay(out=DIR) of {figures['events']:>10,} events: peak RSS "
+            f"{figures['rss_mb']:>6,.0f} MB, {figures['wall']:6.1f} s wall, "
+            f"{figures['cpu']:6.1f} s cpu ({path.name})"
+        )
+
+
+def child_replay_out(path: Path, batch_size: int) -> None:
+    """In a fresh process: replay(out=...) and print what it took, as JSON."""
+    with tempfile.TemporaryDirectory() as out:
+        wall0, cpu0 = time.perf_counter(), cpu()
+        result = replay(path, BANK, on_error="skip", batch_size=batch_size, out=out)
+        wall, used = time.perf_counter() - wall0, cpu() - cpu0
+        print(
+            json.dumps(
+                {"events": result.events_read, "rss_mb": rss_mb(), "wall": wall, "cpu": used}
+            )
+        )
 
 
 @contextlib.contextmanager

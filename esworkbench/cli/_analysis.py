@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -176,37 +178,49 @@ def fold(
 
     from esworkbench.fold import replay
 
-    result = replay(
-        lake,
-        aggregate,
-        streams=streams or None,
-        stream_prefix=stream_prefix,
-        as_of=_position_or_time(as_of),
-        workers=workers,
-        on_error=on_error,
-        progress=progress_wanted(),
-        engine=engine,
-        scheduler=scheduler,
-        partitions=partitions,
-        workdir=workdir,
-    )
-    # Counted and written through scans: a replay on Dask need not fit in this process.
-    events, streams_seen = (
-        result.scan_timeline().select(pl.len(), pl.col("stream_name").n_unique()).collect().row(0)
-    )
-    kinds = result.scan_findings().group_by("kind").len().sort("kind").collect()
-    click.echo(
-        f"replayed {events:,} events of {streams_seen:,} streams through "
-        f"{aggregate}: {int(kinds['len'].sum()):,} findings"
-    )
-    for kind, count in kinds.iter_rows():
-        click.echo(f"  {kind}: {count:,}")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        findings_path = out.with_name(out.stem + ".findings.parquet")
-        result.scan_timeline().sink_parquet(out)
-        result.scan_findings().sink_parquet(findings_path)
-        click.echo(f"wrote {out} and {findings_path}")
+    with contextlib.ExitStack() as stack:
+        # With --out on this machine, results go to Parquet parts batch by batch and are
+        # sorted into the file by DuckDB: memory follows the batch size, not the lake.
+        parts = (
+            stack.enter_context(tempfile.TemporaryDirectory(dir=out.parent))
+            if out is not None and engine == "local"
+            else None
+        )
+        result = replay(
+            lake,
+            aggregate,
+            out=parts,
+            streams=streams or None,
+            stream_prefix=stream_prefix,
+            as_of=_position_or_time(as_of),
+            workers=workers,
+            on_error=on_error,
+            progress=progress_wanted(),
+            engine=engine,
+            scheduler=scheduler,
+            partitions=partitions,
+            workdir=workdir,
+        )
+        # Counted and written through scans: the results need not fit in this process.
+        events, streams_seen = (
+            result.scan_timeline()
+            .select(pl.len(), pl.col("stream_name").n_unique())
+            .collect()
+            .row(0)
+        )
+        kinds = result.scan_findings().group_by("kind").len().sort("kind").collect()
+        click.echo(
+            f"replayed {events:,} events of {streams_seen:,} streams through "
+            f"{aggregate}: {int(kinds['len'].sum()):,} findings"
+        )
+        for kind, count in kinds.iter_rows():
+            click.echo(f"  {kind}: {count:,}")
+        if out is not None:
+            findings_path = out.with_name(out.stem + ".findings.parquet")
+            result.write_parquet(out, findings_path)
+            click.echo(f"wrote {out} and {findings_path}")
 
 
 # Exit status of `check` when findings at or above --fail-on exist (1 is an error, 2 a usage

@@ -10,11 +10,13 @@ are equal. ``merge_rejected`` and ``cut`` shape the input the same way for both.
 from __future__ import annotations
 
 import functools
+import tempfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,7 +62,7 @@ class Replay:
         >>> result.states().select("stream_name", "balance")  # doctest: +SKIP
     """
 
-    __slots__ = ("_findings", "_timeline", "aggregate", "events_read")
+    __slots__ = ("_findings", "_parts", "_timeline", "aggregate", "events_read")
 
     def __init__(
         self,
@@ -68,11 +70,14 @@ class Replay:
         findings: pl.DataFrame | pl.LazyFrame,
         aggregate: type[AggregateRoot],
         events_read: int,
+        parts: dict[str, list[str]] | None = None,
     ) -> None:
         self._timeline = timeline
         self._findings = findings
         self.aggregate = aggregate
         self.events_read = events_read
+        # Local Parquet parts behind the lazy frames, if any ("timeline", "findings").
+        self._parts = parts or {}
 
     def __repr__(self) -> str:
         return f"Replay(aggregate={self.aggregate.__qualname__}, events_read={self.events_read:,})"
@@ -98,6 +103,26 @@ class Replay:
     def scan_findings(self) -> pl.LazyFrame:
         """The findings as a LazyFrame (over the result files of a replay on Dask)."""
         return self._findings.lazy()
+
+    def write_parquet(self, timeline: str | Path, findings: str | Path) -> None:
+        """Write the timeline and the findings as one Parquet file each, in their order.
+
+        A replay written to parts (``replay(out=...)``) is sorted by DuckDB within a memory
+        limit, spilling past it, so a timeline larger than memory is written whole; any other
+        is written by Polars.
+
+        Example:
+            >>> result.write_parquet("timeline.parquet", "findings.parquet")  # doctest: +SKIP
+        """
+        for name, path, scan in (
+            ("timeline", timeline, self.scan_timeline),
+            ("findings", findings, self.scan_findings),
+        ):
+            files = self._parts.get(name)
+            if files and _one_schema(files):
+                sort_parts(files, Path(path))
+            else:
+                scan().sink_parquet(path)
 
     def states(self) -> pl.DataFrame:
         """One row per stream: its state after its last applied event, and its finding count.
@@ -285,7 +310,40 @@ class PartsSink:
             findings=found.sort(sort, maintain_order=True),
             aggregate=self._cls,
             events_read=self._events,
+            parts=self._files,
         )
+
+
+# What DuckDB may hold while it sorts result parts into one file; past it, it spills to disk.
+_SORT_MEMORY_LIMIT = "256MB"
+
+
+def sort_parts(files: Sequence[str], path: Path) -> None:
+    """Parquet parts of one schema as one file, ordered as a replay's results are."""
+    with tempfile.TemporaryDirectory() as spill:
+        con = duckdb.connect()
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.execute(f"SET memory_limit = '{_SORT_MEMORY_LIMIT}'")
+            con.execute(f"SET temp_directory = '{_sql_text(spill)}'")
+            con.execute("SET preserve_insertion_order = false")
+            listed = ", ".join(f"'{_sql_text(f)}'" for f in files)
+            con.execute(
+                f"COPY (SELECT * FROM read_parquet([{listed}]) "
+                "ORDER BY commit_position, stream_name, stream_revision) "
+                f"TO '{_sql_text(str(path))}' (FORMAT parquet)"
+            )
+        finally:
+            con.close()
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def _one_schema(files: Sequence[str]) -> bool:
+    first = pq.read_schema(files[0])
+    return all(pq.read_schema(f).equals(first) for f in files[1:])
 
 
 def _timeline(results: list[core.BatchResult], cls: type[AggregateRoot]) -> pl.DataFrame:

@@ -895,3 +895,13 @@ def test_streamed_replay_equals_the_replay_of_the_same_events_in_a_frame(sample:
 
     assert_frame_equal(framed.timeline, sample.replayed.timeline)
     assert_frame_equal(framed.findings, sample.replayed.findings)
+
+
+def test_results_written_from_parts_are_sorted_into_files_equal_to_the_replay(
+    sample: Sample, tmp_path: Path
+) -> None:
+    written = replay(sample.lake, BANK, on_error="skip", batch_size=700, out=tmp_path / "parts")
+    written.write_parquet(tmp_path / "timeline.parquet", tmp_path / "findings.parquet")
+
+    assert_frame_equal(pl.read_parquet(tmp_path / "timeline.parquet"), sample.replayed.timeline)
+    assert_frame_equal(pl.read_parquet(tmp_path / "findings.parquet"), sample.replayed.findings)
