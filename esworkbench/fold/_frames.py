@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from esworkbench.aggregates import AggregateRoot
@@ -255,13 +256,18 @@ class MemorySink:
         self._events += events
 
     def replay(self) -> Replay:
-        """The Replay of every batch added."""
-        return Replay(
-            timeline=_timeline(self._results, self._cls),
-            findings=findings_frame(self._results),
-            aggregate=self._cls,
-            events_read=self._events,
-        )
+        """The Replay of every batch added (the sink lets go of them: call it once)."""
+        findings = findings_frame(self._results)
+        # Sorted in Arrow, each batch let go of as soon as it is joined: one copy of the
+        # timeline at a time, not three.
+        tables = [r.timeline for r in self._results if r.timeline.num_rows]
+        self._results.clear()
+        table = unify(tables) if tables else empty_timeline(self._cls)
+        del tables
+        table = table.take(pc.sort_indices(table.column("commit_position")))
+        timeline = pl.from_arrow(table)
+        assert isinstance(timeline, pl.DataFrame)
+        return Replay(timeline, findings, aggregate=self._cls, events_read=self._events)
 
 
 class PartsSink:
