@@ -487,6 +487,24 @@ def test_fold_equals_vectorized_balance(seed: int, users: int, events: int) -> N
     assert_frame_equal(together.select(pl.col("fold").alias("balance")), together.select("balance"))
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), users=st.integers(1, 6), events=st.integers(2, 80))
+def test_vectorized_balances_do_not_depend_on_the_order_rows_come_in(
+    seed: int, users: int, events: int
+) -> None:
+    # In commit order the sums run in place; any other order (and a stream whose revisions
+    # fall as positions rise) takes the sorting path. Both must give the same frame.
+    frame = random_history(seed, users, events).frame()
+    in_order = bank_balances(frame)
+    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=seed)
+    assert_frame_equal(bank_balances(shuffled), in_order)
+    swapped = frame.with_columns(
+        pl.col("commit_position").reverse().over("stream_name").alias("commit_position")
+    )
+    expected = bank_balances(swapped.sort("stream_name", "stream_revision")).sort("commit_position")
+    assert_frame_equal(bank_balances(swapped), expected)
+
+
 def test_the_vectorized_path_reports_drift_where_the_recorded_balance_disagrees() -> None:
     h = History()
     h.opened("1")
