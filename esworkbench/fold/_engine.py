@@ -7,10 +7,11 @@ being folded, with the cyclic GC paused: building them is the cost of a replay, 
 walking millions of young objects would multiply it (see DESIGN.md, performance notes).
 
 Two readings are faster than the plain calls and give the same results: payloads decoded by
-orjson and a cached decoder per (type, version) (``_FastDecoder``, which hands every event it
+msgspec and a cached decoder per (type, version) (``_FastDecoder``, which hands every event it
 cannot vouch for to the reference decoding), and the state of an aggregate that keeps the
 contract's ``state()`` read off its attributes (``_StateReader``). tests/fold/test_engine.py
-folds hostile events both ways and compares.
+folds hostile events both ways and compares. Which fields each event changed is worked out
+after the loop, column by column (``_columns.StateColumns``).
 
 ``esworkbench.fold.batches`` runs the batches, in this process or in forked workers.
 """
