@@ -11,6 +11,7 @@ that its CPU time and peak RSS are its own. Printed per reader:
 - events/s end to end (server read -> decode -> DuckDB commit);
 - client CPU per event (user + sys of the client process, DuckDB threads included): this does
   not depend on how fast the server is, and the Python dev server is slow (~30k events/s);
+- where the client's CPU went, per event: the sync's own timers (SyncResult.timings), by phase;
 - peak RSS of the client process (should be set by the batch size, not the lake size);
 - an incremental sync after adding 1% new events (its time should be ~1% of the full sync's).
 
@@ -125,6 +126,7 @@ def client(uri: str, lake_path: str, reader: str, batch_size: int) -> None:
                 "cpu": cpu,
                 "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "outcome": result.outcome,
+                "timings": dict(result.timings),
             }
         ),
         flush=True,
@@ -151,6 +153,19 @@ def _line(label: str, r: dict[str, Any]) -> str:
     )
 
 
+def _breakdown(r: dict[str, Any]) -> str:
+    """Client CPU per event by phase (the sync's own timers), and what they leave out."""
+    from esworkbench.lake._timings import PHASES
+
+    n = max(r["events"], 1)
+    parts = [f"{p} {r['timings'].get(p, 0.0) / n * 1e6:.2f}" for p in PHASES]
+    other = r["cpu"] - sum(r["timings"].values())
+    return (
+        "      us/event: " + ", ".join(parts) + f", other {other / n * 1e6:.2f} "
+        "(gRPC and DuckDB threads, opening and closing the lake)"
+    )
+
+
 def bench(events: int, readers: list[str], batch_size: int, workdir: Path) -> None:
     print(f"\n== {events:,} events (batch size {batch_size:,}) ==", flush=True)
     t0 = time.perf_counter()
@@ -174,11 +189,15 @@ def bench(events: int, readers: list[str], batch_size: int, workdir: Path) -> No
             lake.unlink(missing_ok=True)
             full[reader] = _run_client(info["uri"], lake, reader, batch_size)
             print(_line(f"{reader} full sync", full[reader]), flush=True)
+            print(_breakdown(full[reader]), flush=True)
         if len(readers) == 2 and all(r in full for r in ("fast", "plain")):
             ratio = (full["fast"]["cpu"] / full["fast"]["events"]) / (
                 full["plain"]["cpu"] / full["plain"]["events"]
             )
-            print(f"  fast/plain client CPU per event: {ratio:.2f}", flush=True)
+            print(
+                f"  fast/plain client CPU per event: {ratio:.2f} (plain / fast: {1 / ratio:.1f}x)",
+                flush=True,
+            )
         server.stdin.write(f"append {max(1, events // 100)}\n")
         server.stdin.flush()
         added = json.loads(server.stdout.readline())["added"]
@@ -209,7 +228,7 @@ def archive_bench(lake_path: Path, workdir: Path, batch_size: int) -> None:
 
     if not lake_path.exists():
         sys.exit(f"no lake at {lake_path}: run bench/fold.py first (it builds and keeps it)")
-    print(f"load average {os.getloadavg()[0]:.2f}; archives of {lake_path.name}", flush=True)
+    print(f"load average {_load()}; archives of {lake_path.name}", flush=True)
     archives = []
     with Lake(lake_path, read_only=True) as lake:
         for suffix in (".jsonl.gz", ".jsonl", ".parquet"):
@@ -250,7 +269,7 @@ def archive_bench(lake_path: Path, workdir: Path, batch_size: int) -> None:
             f"{result.rejected:,} rejected)"
         )
         print(f"    sync / DuckDB time: {synced[0] / direct[0]:.2f}x wall", flush=True)
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"load average after: {_load()}")
 
 
 # The archive_line format, typed as the sync types it (DuckDB would otherwise sample the file).
@@ -260,6 +279,10 @@ _JSONL_COLUMNS = (
     "created: 'TIMESTAMPTZ', content_type: 'VARCHAR', data: 'VARCHAR', metadata: 'VARCHAR', "
     "data_base64: 'VARCHAR', metadata_base64: 'VARCHAR'}"
 )
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"
 
 
 def _cpu() -> float:
@@ -307,7 +330,9 @@ def main() -> None:
         return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     for n in args.events:
+        print(f"load average {_load()}", flush=True)
         bench(n, args.readers.split(","), args.batch_size, args.workdir)
+    print(f"load average {_load()}", flush=True)
     if not args.keep:
         for lake in args.workdir.glob("lake-*.duckdb*"):
             lake.unlink()

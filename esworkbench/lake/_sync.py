@@ -16,7 +16,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from esworkbench.errors import SourceError
@@ -30,6 +30,7 @@ from esworkbench.sources import (
 
 if TYPE_CHECKING:
     from esworkbench.lake._lake import Lake
+    from esworkbench.lake._timings import Timings
     from esworkbench.lake._writer import LakeWriter
 
 __all__ = [
@@ -66,6 +67,9 @@ class SyncResult:
         outcome: "ok" (source exhausted), "stopped" (stop requested or batch limit),
             "interrupted" (Ctrl-C) or "failed" (see `error`).
         error: the error message when failed.
+        timings: CPU seconds per phase (see `esworkbench.lake._timings.PHASES`): "read" is
+            the reader thread's receiving and decoding, the others the committing thread's
+            work on the lake.
     """
 
     run_id: int
@@ -80,6 +84,7 @@ class SyncResult:
     seconds: float
     outcome: Outcome
     error: str | None = None
+    timings: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def events_per_second(self) -> float:
@@ -201,6 +206,7 @@ def _produce(
     batch_size: int,
     out: queue.Queue[Any],
     halt: threading.Event,
+    timings: Timings,
 ) -> None:
     def put(item: object) -> bool:
         while not halt.is_set():
@@ -214,7 +220,12 @@ def _produce(
     batches: Iterator[SourceBatch] | None = None
     try:
         batches = source.read_batches(after, batch_size=batch_size)
-        for batch in batches:
+        while True:
+            started = time.thread_time()
+            batch = next(batches, None)
+            timings.add("read", time.thread_time() - started)
+            if batch is None:
+                break
             if not put(batch):
                 return
         put(_END)
@@ -299,7 +310,7 @@ def sync(
         producer = threading.Thread(
             target=_produce,
             name="esworkbench-sync-reader",
-            args=(source, start, batch_size, batches, halt),
+            args=(source, start, batch_size, batches, halt, writer.timings),
             daemon=True,
         )
         producer.start()
@@ -464,6 +475,7 @@ def _finish(
         seconds=time.monotonic() - t0,
         outcome=outcome,
         error=message,
+        timings=dict(writer.timings.seconds),
     )
     writer.finish_run(run_id, outcome, message)
     return result
