@@ -219,7 +219,7 @@ def bench(events: int, readers: list[str], batch_size: int, workdir: Path) -> No
             server.kill()
 
 
-def archive_bench(lake_path: Path, workdir: Path, batch_size: int) -> None:
+def archive_bench(lake_path: Path, workdir: Path, batch_size: int | None) -> None:
     """Sync archives of `lake_path` into fresh lakes, beside DuckDB reading them directly."""
     import duckdb
 
@@ -243,20 +243,20 @@ def archive_bench(lake_path: Path, workdir: Path, batch_size: int) -> None:
             else f"read_json('{path}', format='newline_delimited', columns={_JSONL_COLUMNS})"
         )
         target = workdir / "archive-target.duckdb"
-        target.unlink(missing_ok=True)
+        _remove_lake(target)
         cpu0, t0 = _cpu(), time.perf_counter()
         con = duckdb.connect(str(target))
         con.execute(f"CREATE TABLE events AS SELECT * FROM {reader}")
         (rows,) = con.execute("SELECT count(*) FROM events").fetchone() or (0,)
         con.close()
         direct = (time.perf_counter() - t0, _cpu() - cpu0)
-        target.unlink(missing_ok=True)
+        _remove_lake(target)
         cpu0, t0 = _cpu(), time.perf_counter()
         with Lake(target) as new:
             result = sync(open_archive(path), new, batch_size=batch_size)
         synced = (time.perf_counter() - t0, _cpu() - cpu0)
         n = result.events + result.rejected
-        target.unlink(missing_ok=True)
+        _remove_lake(target)
         size = path.stat().st_size / 2**20
         print(f"  {path.name} ({size:,.0f} MB, {rows:,} events)")
         print(
@@ -266,7 +266,11 @@ def archive_bench(lake_path: Path, workdir: Path, batch_size: int) -> None:
         print(
             f"    sync(open_archive) into a lake {synced[0]:6.2f} s wall {synced[1]:6.2f} s cpu "
             f"{n / synced[0]:>10,.0f} ev/s  ({result.events:,} events, "
-            f"{result.rejected:,} rejected)"
+            f"{result.rejected:,} rejected, {result.batches} batches)"
+        )
+        print(
+            "      us/event: "
+            + ", ".join(f"{k} {v / n * 1e6:.2f}" for k, v in result.timings.items()),
         )
         print(f"    sync / DuckDB time: {synced[0] / direct[0]:.2f}x wall", flush=True)
     print(f"load average after: {_load()}")
@@ -279,6 +283,11 @@ _JSONL_COLUMNS = (
     "created: 'TIMESTAMPTZ', content_type: 'VARCHAR', data: 'VARCHAR', metadata: 'VARCHAR', "
     "data_base64: 'VARCHAR', metadata_base64: 'VARCHAR'}"
 )
+
+
+def _remove_lake(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".wal").unlink(missing_ok=True)
 
 
 def _load() -> str:
@@ -300,7 +309,8 @@ def main() -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="events per batch (default: the library's DEFAULT_BATCH_SIZE)",
+        help="events per batch (default: the library's DEFAULT_BATCH_SIZE, or for --archive the "
+        "sync's own choice for archives)",
     )
     parser.add_argument("--workdir", type=Path, default=HERE / "out")
     parser.add_argument("--keep", action="store_true", help="keep the lakes")
@@ -320,14 +330,14 @@ def main() -> None:
         uri, lake, reader, batch_size = args.client
         client(uri, lake, reader, int(batch_size))
         return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.archive:  # the sync's own default unless --batch-size says otherwise
+        archive_bench(args.archive_lake, args.workdir, args.batch_size)
+        return
     if args.batch_size is None:
         from esworkbench.lake import DEFAULT_BATCH_SIZE
 
         args.batch_size = DEFAULT_BATCH_SIZE
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    if args.archive:
-        archive_bench(args.archive_lake, args.workdir, args.batch_size)
-        return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     for n in args.events:
         print(f"load average {_load()}", flush=True)

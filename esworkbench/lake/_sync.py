@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from esworkbench.errors import SourceError
 from esworkbench.sources import (
     EventSource,
+    PrefersBatchSize,
     SourceBatch,
     SupportsCancel,
     SupportsHead,
@@ -243,7 +244,7 @@ def sync(
     source: EventSource,
     lake: Lake,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: SyncProgress | bool = False,
     stop_after_batches: int | None = None,
     stop: threading.Event | None = None,
@@ -258,6 +259,8 @@ def sync(
         source: where the events come from (`EventSource`).
         lake: an open, writable `Lake`.
         batch_size: events per batch and transaction; peak memory is proportional to it.
+            None: the source's `preferred_batch_size` if it has one (archives), else
+            `DEFAULT_BATCH_SIZE`.
         progress: True for a tqdm bar, or any `SyncProgress`.
         stop_after_batches: commit at most this many batches, then stop ("stopped").
         stop: set it (from another thread) to stop after the current batch ("stopped").
@@ -276,6 +279,12 @@ def sync(
         >>> with Lake("data/lake/demo.duckdb") as lake:          # doctest: +SKIP
         ...     print(sync(open_archive("data/sample/ledger.jsonl.gz"), lake).summary())
     """
+    if batch_size is None:
+        batch_size = (
+            source.preferred_batch_size
+            if isinstance(source, PrefersBatchSize)
+            else DEFAULT_BATCH_SIZE
+        )
     if batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     reporter: SyncProgress | None = TqdmProgress() if progress is True else (progress or None)
