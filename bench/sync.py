@@ -11,6 +11,7 @@ that its CPU time and peak RSS are its own. Printed per reader:
 - events/s end to end (server read -> decode -> DuckDB commit);
 - client CPU per event (user + sys of the client process, DuckDB threads included): this does
   not depend on how fast the server is, and the Python dev server is slow (~30k events/s);
+- where the client's CPU went, per event: the sync's own timers (SyncResult.timings), by phase;
 - peak RSS of the client process (should be set by the batch size, not the lake size);
 - an incremental sync after adding 1% new events (its time should be ~1% of the full sync's).
 
@@ -125,6 +126,7 @@ def client(uri: str, lake_path: str, reader: str, batch_size: int) -> None:
                 "cpu": cpu,
                 "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "outcome": result.outcome,
+                "timings": dict(result.timings),
             }
         ),
         flush=True,
@@ -151,6 +153,19 @@ def _line(label: str, r: dict[str, Any]) -> str:
     )
 
 
+def _breakdown(r: dict[str, Any]) -> str:
+    """Client CPU per event by phase (the sync's own timers), and what they leave out."""
+    from esworkbench.lake._timings import PHASES
+
+    n = max(r["events"], 1)
+    parts = [f"{p} {r['timings'].get(p, 0.0) / n * 1e6:.2f}" for p in PHASES]
+    other = r["cpu"] - sum(r["timings"].values())
+    return (
+        "      us/event: " + ", ".join(parts) + f", other {other / n * 1e6:.2f} "
+        "(gRPC and DuckDB threads, opening and closing the lake)"
+    )
+
+
 def bench(events: int, readers: list[str], batch_size: int, workdir: Path) -> None:
     print(f"\n== {events:,} events (batch size {batch_size:,}) ==", flush=True)
     t0 = time.perf_counter()
@@ -174,11 +189,15 @@ def bench(events: int, readers: list[str], batch_size: int, workdir: Path) -> No
             lake.unlink(missing_ok=True)
             full[reader] = _run_client(info["uri"], lake, reader, batch_size)
             print(_line(f"{reader} full sync", full[reader]), flush=True)
+            print(_breakdown(full[reader]), flush=True)
         if len(readers) == 2 and all(r in full for r in ("fast", "plain")):
             ratio = (full["fast"]["cpu"] / full["fast"]["events"]) / (
                 full["plain"]["cpu"] / full["plain"]["events"]
             )
-            print(f"  fast/plain client CPU per event: {ratio:.2f}", flush=True)
+            print(
+                f"  fast/plain client CPU per event: {ratio:.2f} (plain / fast: {1 / ratio:.1f}x)",
+                flush=True,
+            )
         server.stdin.write(f"append {max(1, events // 100)}\n")
         server.stdin.flush()
         added = json.loads(server.stdout.readline())["added"]
@@ -200,7 +219,7 @@ def bench(events: int, readers: list[str], batch_size: int, workdir: Path) -> No
             server.kill()
 
 
-def archive_bench(lake_path: Path, workdir: Path, batch_size: int) -> None:
+def archive_bench(lake_path: Path, workdir: Path, batch_size: int | None) -> None:
     """Sync archives of `lake_path` into fresh lakes, beside DuckDB reading them directly."""
     import duckdb
 
@@ -209,7 +228,7 @@ def archive_bench(lake_path: Path, workdir: Path, batch_size: int) -> None:
 
     if not lake_path.exists():
         sys.exit(f"no lake at {lake_path}: run bench/fold.py first (it builds and keeps it)")
-    print(f"load average {os.getloadavg()[0]:.2f}; archives of {lake_path.name}", flush=True)
+    print(f"load average {_load()}; archives of {lake_path.name}", flush=True)
     archives = []
     with Lake(lake_path, read_only=True) as lake:
         for suffix in (".jsonl.gz", ".jsonl", ".parquet"):
@@ -224,20 +243,20 @@ def archive_bench(lake_path: Path, workdir: Path, batch_size: int) -> None:
             else f"read_json('{path}', format='newline_delimited', columns={_JSONL_COLUMNS})"
         )
         target = workdir / "archive-target.duckdb"
-        target.unlink(missing_ok=True)
+        _remove_lake(target)
         cpu0, t0 = _cpu(), time.perf_counter()
         con = duckdb.connect(str(target))
         con.execute(f"CREATE TABLE events AS SELECT * FROM {reader}")
         (rows,) = con.execute("SELECT count(*) FROM events").fetchone() or (0,)
         con.close()
         direct = (time.perf_counter() - t0, _cpu() - cpu0)
-        target.unlink(missing_ok=True)
+        _remove_lake(target)
         cpu0, t0 = _cpu(), time.perf_counter()
         with Lake(target) as new:
             result = sync(open_archive(path), new, batch_size=batch_size)
         synced = (time.perf_counter() - t0, _cpu() - cpu0)
         n = result.events + result.rejected
-        target.unlink(missing_ok=True)
+        _remove_lake(target)
         size = path.stat().st_size / 2**20
         print(f"  {path.name} ({size:,.0f} MB, {rows:,} events)")
         print(
@@ -247,10 +266,14 @@ def archive_bench(lake_path: Path, workdir: Path, batch_size: int) -> None:
         print(
             f"    sync(open_archive) into a lake {synced[0]:6.2f} s wall {synced[1]:6.2f} s cpu "
             f"{n / synced[0]:>10,.0f} ev/s  ({result.events:,} events, "
-            f"{result.rejected:,} rejected)"
+            f"{result.rejected:,} rejected, {result.batches} batches)"
+        )
+        print(
+            "      us/event: "
+            + ", ".join(f"{k} {v / n * 1e6:.2f}" for k, v in result.timings.items()),
         )
         print(f"    sync / DuckDB time: {synced[0] / direct[0]:.2f}x wall", flush=True)
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    print(f"load average after: {_load()}")
 
 
 # The archive_line format, typed as the sync types it (DuckDB would otherwise sample the file).
@@ -260,6 +283,15 @@ _JSONL_COLUMNS = (
     "created: 'TIMESTAMPTZ', content_type: 'VARCHAR', data: 'VARCHAR', metadata: 'VARCHAR', "
     "data_base64: 'VARCHAR', metadata_base64: 'VARCHAR'}"
 )
+
+
+def _remove_lake(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".wal").unlink(missing_ok=True)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1, 5, 15 min)"
 
 
 def _cpu() -> float:
@@ -277,7 +309,8 @@ def main() -> None:
         "--batch-size",
         type=int,
         default=None,
-        help="events per batch (default: the library's DEFAULT_BATCH_SIZE)",
+        help="events per batch (default: the library's DEFAULT_BATCH_SIZE, or for --archive the "
+        "sync's own choice for archives)",
     )
     parser.add_argument("--workdir", type=Path, default=HERE / "out")
     parser.add_argument("--keep", action="store_true", help="keep the lakes")
@@ -297,17 +330,19 @@ def main() -> None:
         uri, lake, reader, batch_size = args.client
         client(uri, lake, reader, int(batch_size))
         return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.archive:  # the sync's own default unless --batch-size says otherwise
+        archive_bench(args.archive_lake, args.workdir, args.batch_size)
+        return
     if args.batch_size is None:
         from esworkbench.lake import DEFAULT_BATCH_SIZE
 
         args.batch_size = DEFAULT_BATCH_SIZE
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    if args.archive:
-        archive_bench(args.archive_lake, args.workdir, args.batch_size)
-        return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     for n in args.events:
+        print(f"load average {_load()}", flush=True)
         bench(n, args.readers.split(","), args.batch_size, args.workdir)
+    print(f"load average {_load()}", flush=True)
     if not args.keep:
         for lake in args.workdir.glob("lake-*.duckdb*"):
             lake.unlink()

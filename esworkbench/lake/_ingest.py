@@ -2,7 +2,8 @@
 
 Decoding happens here, at the boundary, in SQL over the Arrow batch (no per-event Python):
 payload bytes must be UTF-8 JSON, metadata empty or JSON, the event id a UUID not already used
-by another event. Events that fail land in `_rejected` with their raw bytes and a reason whose
+by another event (looked up in the lake itself, per batch, so a sync holds nothing that grows
+with the lake). Events that fail land in `_rejected` with their raw bytes and a reason whose
 first word is a stable code (`malformed_json`, `binary_payload`, `malformed_metadata`,
 `invalid_event_id`, `duplicate_event_id`). An event re-delivered at the position it already has
 (in `events` or `_rejected`) is skipped: event ids make re-delivery harmless.
@@ -23,76 +24,15 @@ import pyarrow.compute as pc
 from esworkbench.events import OCCURRED_AT_KEY
 from esworkbench.lake import _payloads, _views
 from esworkbench.lake._schema import q, rows
+from esworkbench.lake._timings import Timings
 
-__all__ = ["IdIndex", "IngestCounts", "ingest_batch"]
+__all__ = ["IngestCounts", "Timings", "ingest_batch"]
 
 # An occurredAt this far from `created` is not believed: a year later than the write (business
 # time may trail the write, as when history is replayed, but not by years), or earlier than
 # any history a store imports.
 _OCCURRED_AFTER_CREATED = "INTERVAL 1 YEAR"
 _OCCURRED_BEFORE_CREATED = "INTERVAL 100 YEAR"
-
-
-class IdIndex:
-    """64-bit hashes of every event id in the lake, sorted, held for the length of a sync.
-
-    Event ids must be unique, but DuckDB has no index that is both small and cheap to keep (an
-    ART index on the ids made the file 7x larger and its memory grew with the lake), and
-    scanning the id column for every batch costs time and cache in proportion to the lake.
-    So a sync loads the ids' hashes once (8 bytes per event) and asks the lake only about the
-    ids whose hash it already knows: normally none; the exact check in SQL settles the rare
-    collision.
-    """
-
-    def __init__(self, hashes: np.ndarray, *, is_sorted: bool = False) -> None:
-        self._main = hashes if is_sorted else np.sort(hashes)
-        self._runs: list[np.ndarray] = []  # sorted, one per committed batch since the merge
-
-    @classmethod
-    def load(cls, con: duckdb.DuckDBPyConnection) -> IdIndex:
-        # Streamed into one preallocated array and sorted in place: the peak is the index plus
-        # one chunk, not several copies of it.
-        ((count,),) = con.execute("SELECT count(*) FROM events").fetchall()
-        hashes = np.empty(count, dtype=np.uint64)
-        filled = 0
-        relation = con.sql("SELECT hash(event_id) AS h FROM events")
-        assert relation is not None
-        for chunk in relation.to_arrow_reader(1 << 20):
-            values = chunk.column(0).to_numpy()
-            hashes[filled : filled + len(values)] = values
-            filled += len(values)
-        hashes = hashes[:filled]
-        hashes.sort()
-        return cls(hashes, is_sorted=True)
-
-    def __len__(self) -> int:
-        return len(self._main) + sum(len(r) for r in self._runs)
-
-    def contains(self, hashes: np.ndarray) -> np.ndarray:
-        """Which of `hashes` may belong to an id already in the lake."""
-        # Sorted keys make searchsorted walk the array in order (cache-friendly, 10x faster).
-        order = np.argsort(hashes)
-        keys = hashes[order]
-        hit = np.zeros(len(keys), dtype=bool)
-        for sorted_run in (self._main, *self._runs):
-            if len(sorted_run):
-                at = np.minimum(np.searchsorted(sorted_run, keys), len(sorted_run) - 1)
-                hit |= sorted_run[at] == keys
-        out = np.empty_like(hit)
-        out[order] = hit
-        return out
-
-    def add(self, hashes: np.ndarray) -> None:
-        """Remember committed ids.
-
-        Every few batches the runs are merged into the main array: a stable sort of sorted runs is a
-        linear merge, so adding costs no more than reading.
-        """
-        self._runs.append(np.sort(hashes))
-        if len(self._runs) >= 8:
-            merged = np.concatenate([self._main, *self._runs])
-            self._main, self._runs = merged, []  # the old arrays go before sorting
-            merged.sort(kind="stable")
 
 
 @dataclasses.dataclass(slots=True)
@@ -121,8 +61,10 @@ WITH raw AS (
 in_batch AS (  -- ids that occur more than once in this batch (rare: a small table)
     {in_batch}
 ),
-seen AS (  -- ids of this batch already in the lake (only looked up for IdIndex hits)
-    {seen}
+seen AS (  -- ids of this batch already in the lake: a semi-join over the lake's id column
+    SELECT event_id AS id, min(commit_position) AS seen_at FROM events
+    WHERE event_id IN (SELECT id FROM raw WHERE id IS NOT NULL)
+    GROUP BY event_id
 ),
 seen_rejected AS (
     SELECT DISTINCT j.commit_position, j.event_id FROM _rejected j
@@ -203,15 +145,6 @@ FROM (SELECT *, CASE WHEN data_state = 1 THEN json_structure(data_text) END AS s
 _META_FIELDS = json.dumps(
     {OCCURRED_AT_KEY: "VARCHAR", "$correlationId": "VARCHAR", "$causationId": "VARCHAR"}
 )
-# Only ids the IdIndex has seen before are looked up in `events` (a scan of its id column):
-# for fresh events, none; for a re-read, the re-delivered ones.
-_SEEN = (
-    "SELECT event_id AS id, min(commit_position) AS seen_at FROM events "
-    "WHERE event_id IN (SELECT try_cast(event_id AS UUID) FROM _candidates) "
-    "GROUP BY event_id"
-)
-_NOT_SEEN = "SELECT NULL::UUID AS id, NULL::UBIGINT AS seen_at WHERE false"
-
 # Ids repeat within a batch so rarely that the grouping is only run when Arrow saw a repeat.
 _IN_BATCH = (
     "SELECT id, min(commit_position) AS first_position FROM raw "
@@ -445,88 +378,83 @@ def ingest_batch(
     run_id: int,
     checkpoint: int | None,
     fields: _views.FieldState,
-    ids: IdIndex,
+    timings: Timings | None = None,
 ) -> IngestCounts:
     """Decode `batch` into the lake and move the source's checkpoint, in one transaction.
 
     A failure (or KeyboardInterrupt) anywhere rolls the whole batch back, so the lake is always
     at a batch boundary: what is committed matches its checkpoint.
     """
+    timings = timings or Timings()
     counts = IngestCounts()
-    repeats = (
-        batch.num_rows > 0
-        and pc.count_distinct(pc.utf8_lower(batch.column("event_id"))).as_py() < batch.num_rows
-    )
-    if repeats:
-        batch, counts.duplicates = _drop_repeats(batch)
     registered = []
-    hashes = np.empty(0, dtype=np.uint64)
     q(con, "BEGIN TRANSACTION")
     try:
         if batch.num_rows:
-            con.register("_raw", batch)
-            registered.append("_raw")
-            found = con.execute(
-                "SELECT hash(try_cast(event_id AS UUID)) AS h, "
-                "try_cast(event_id AS UUID) IS NOT NULL AS ok FROM _raw"
-            ).fetchnumpy()
-            hashes = np.asarray(found["h"], dtype=np.uint64)[np.asarray(found["ok"], dtype=bool)]
-            known = ids.contains(np.asarray(found["h"], dtype=np.uint64))
-            known &= np.asarray(found["ok"], dtype=bool)
-            if known.any():
-                con.register("_candidates", batch.select(["event_id"]).filter(pa.array(known)))
-                registered.append("_candidates")
-            q(
-                con,
-                _STAGE_SQL.format(
-                    in_batch=_IN_BATCH if repeats else _NO_REPEATS,
-                    seen=_SEEN if known.any() else _NOT_SEEN,
-                    suspect=_payloads.SUSPECT_REGEX,
-                    suspect_number=_payloads.SUSPECT_NUMBER_REGEX,
-                    max_depth=_payloads.MAX_DEPTH,
-                ),
-            )
-            q(con, _NESTED_DUPLICATES)
-            flags = _inspect_suspects(con)
-            ((counts.events, counts.rejected, redelivered, malformed),) = rows(
-                con,
-                "SELECT count(*) FILTER (reason IS NULL AND NOT redelivered), "
-                "count(*) FILTER (reason IS NOT NULL), count(*) FILTER (redelivered), "
-                f"count(*) FILTER (reason LIKE '%{_NOT_JSON}%') FROM _staged",
-            )
-            if malformed:
-                _refine_json_reasons(con)
-            counts.duplicates += redelivered
+            with timings.phase("validate"):
+                repeats = (
+                    pc.count_distinct(pc.utf8_lower(batch.column("event_id"))).as_py()
+                    < batch.num_rows
+                )
+                if repeats:
+                    batch, counts.duplicates = _drop_repeats(batch)
+                con.register("_raw", batch)
+                registered.append("_raw")
+                q(
+                    con,
+                    _STAGE_SQL.format(
+                        in_batch=_IN_BATCH if repeats else _NO_REPEATS,
+                        suspect=_payloads.SUSPECT_REGEX,
+                        suspect_number=_payloads.SUSPECT_NUMBER_REGEX,
+                        max_depth=_payloads.MAX_DEPTH,
+                    ),
+                )
+                q(con, _NESTED_DUPLICATES)
+                flags = _inspect_suspects(con)
+                ((counts.events, counts.rejected, redelivered, malformed),) = rows(
+                    con,
+                    "SELECT count(*) FILTER (reason IS NULL AND NOT redelivered), "
+                    "count(*) FILTER (reason IS NOT NULL), count(*) FILTER (redelivered), "
+                    f"count(*) FILTER (reason LIKE '%{_NOT_JSON}%') FROM _staged",
+                )
+                if malformed:
+                    _refine_json_reasons(con)
+                counts.duplicates += redelivered
             if counts.events:
-                q(con, _INSERT_EVENTS)
-                _insert_flags(con, flags, source_key=source_key, run_id=run_id)
-                _views.update_after_insert(con, fields)
-            if counts.rejected:
-                q(con, _INSERT_REJECTED, [source_key, run_id])
-            q(con, "DROP TABLE _staged")
-        if checkpoint is not None:
-            anchor = _anchor(batch, checkpoint)
+                with timings.phase("insert"):
+                    q(con, _INSERT_EVENTS)
+                    _insert_flags(con, flags, source_key=source_key, run_id=run_id)
+                with timings.phase("views"):
+                    _views.update_after_insert(con, fields)
+            with timings.phase("insert"):
+                if counts.rejected:
+                    q(con, _INSERT_REJECTED, [source_key, run_id])
+                q(con, "DROP TABLE _staged")
+        with timings.phase("commit"):
+            if checkpoint is not None:
+                anchor = _anchor(batch, checkpoint)
+                q(
+                    con,
+                    "INSERT INTO _checkpoints VALUES (?, ?, now(), ?, ?, ?) "
+                    "ON CONFLICT (source_key) DO UPDATE SET "
+                    "position = greatest(_checkpoints.position, excluded.position), "
+                    "updated = excluded.updated, run_id = excluded.run_id, "
+                    "anchor_event_id = CASE WHEN excluded.anchor_position >= "
+                    "coalesce(_checkpoints.anchor_position, 0) THEN excluded.anchor_event_id "
+                    "ELSE _checkpoints.anchor_event_id END, "
+                    "anchor_position = greatest(_checkpoints.anchor_position, "
+                    "excluded.anchor_position)",
+                    [source_key, checkpoint, run_id, *anchor],
+                )
             q(
                 con,
-                "INSERT INTO _checkpoints VALUES (?, ?, now(), ?, ?, ?) ON CONFLICT (source_key) "
-                "DO UPDATE SET position = greatest(_checkpoints.position, excluded.position), "
-                "updated = excluded.updated, run_id = excluded.run_id, "
-                "anchor_event_id = CASE WHEN excluded.anchor_position >= "
-                "coalesce(_checkpoints.anchor_position, 0) THEN excluded.anchor_event_id "
-                "ELSE _checkpoints.anchor_event_id END, "
-                "anchor_position = greatest(_checkpoints.anchor_position, "
-                "excluded.anchor_position)",
-                [source_key, checkpoint, run_id, *anchor],
+                "UPDATE _sync_runs SET events = events + ?, rejected = rejected + ?, "
+                "duplicates = duplicates + ?, batches = batches + 1, "
+                "to_position = coalesce(greatest(to_position, ?), to_position, ?) "
+                "WHERE run_id = ?",
+                [counts.events, counts.rejected, counts.duplicates, checkpoint, checkpoint, run_id],
             )
-        q(
-            con,
-            "UPDATE _sync_runs SET events = events + ?, rejected = rejected + ?, "
-            "duplicates = duplicates + ?, batches = batches + 1, "
-            "to_position = coalesce(greatest(to_position, ?), to_position, ?) WHERE run_id = ?",
-            [counts.events, counts.rejected, counts.duplicates, checkpoint, checkpoint, run_id],
-        )
-        q(con, "COMMIT")
-        ids.add(hashes)
+            q(con, "COMMIT")
     except BaseException:
         fields.rows = None  # it may hold what is being rolled back
         # the transaction may already be gone (e.g. the connection was interrupted)

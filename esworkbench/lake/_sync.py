@@ -16,12 +16,13 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from esworkbench.errors import SourceError
 from esworkbench.sources import (
     EventSource,
+    PrefersBatchSize,
     SourceBatch,
     SupportsCancel,
     SupportsHead,
@@ -30,6 +31,7 @@ from esworkbench.sources import (
 
 if TYPE_CHECKING:
     from esworkbench.lake._lake import Lake
+    from esworkbench.lake._timings import Timings
     from esworkbench.lake._writer import LakeWriter
 
 __all__ = [
@@ -66,6 +68,9 @@ class SyncResult:
         outcome: "ok" (source exhausted), "stopped" (stop requested or batch limit),
             "interrupted" (Ctrl-C) or "failed" (see `error`).
         error: the error message when failed.
+        timings: CPU seconds per phase (see `esworkbench.lake._timings.PHASES`): "read" is
+            the reader thread's receiving and decoding, the others the committing thread's
+            work on the lake.
     """
 
     run_id: int
@@ -80,6 +85,7 @@ class SyncResult:
     seconds: float
     outcome: Outcome
     error: str | None = None
+    timings: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def events_per_second(self) -> float:
@@ -201,6 +207,7 @@ def _produce(
     batch_size: int,
     out: queue.Queue[Any],
     halt: threading.Event,
+    timings: Timings,
 ) -> None:
     def put(item: object) -> bool:
         while not halt.is_set():
@@ -214,7 +221,12 @@ def _produce(
     batches: Iterator[SourceBatch] | None = None
     try:
         batches = source.read_batches(after, batch_size=batch_size)
-        for batch in batches:
+        while True:
+            started = time.thread_time()
+            batch = next(batches, None)
+            timings.add("read", time.thread_time() - started)
+            if batch is None:
+                break
             if not put(batch):
                 return
         put(_END)
@@ -232,7 +244,7 @@ def sync(
     source: EventSource,
     lake: Lake,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     progress: SyncProgress | bool = False,
     stop_after_batches: int | None = None,
     stop: threading.Event | None = None,
@@ -247,6 +259,8 @@ def sync(
         source: where the events come from (`EventSource`).
         lake: an open, writable `Lake`.
         batch_size: events per batch and transaction; peak memory is proportional to it.
+            None: the source's `preferred_batch_size` if it has one (archives), else
+            `DEFAULT_BATCH_SIZE`.
         progress: True for a tqdm bar, or any `SyncProgress`.
         stop_after_batches: commit at most this many batches, then stop ("stopped").
         stop: set it (from another thread) to stop after the current batch ("stopped").
@@ -265,6 +279,12 @@ def sync(
         >>> with Lake("data/lake/demo.duckdb") as lake:          # doctest: +SKIP
         ...     print(sync(open_archive("data/sample/ledger.jsonl.gz"), lake).summary())
     """
+    if batch_size is None:
+        batch_size = (
+            source.preferred_batch_size
+            if isinstance(source, PrefersBatchSize)
+            else DEFAULT_BATCH_SIZE
+        )
     if batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     reporter: SyncProgress | None = TqdmProgress() if progress is True else (progress or None)
@@ -299,7 +319,7 @@ def sync(
         producer = threading.Thread(
             target=_produce,
             name="esworkbench-sync-reader",
-            args=(source, start, batch_size, batches, halt),
+            args=(source, start, batch_size, batches, halt, writer.timings),
             daemon=True,
         )
         producer.start()
@@ -464,6 +484,7 @@ def _finish(
         seconds=time.monotonic() - t0,
         outcome=outcome,
         error=message,
+        timings=dict(writer.timings.seconds),
     )
     writer.finish_run(run_id, outcome, message)
     return result

@@ -3,7 +3,7 @@
 `sync` drives a `LakeWriter`; the `Lake` only hands out one (`Lake.writer`) over its own
 connection and the typed-view state it keeps between syncs. Keeping the write path in its own
 object leaves `Lake` a reader and lets the sync loop talk to a small, explicit surface:
-`begin_run`, `ingest`, `checkpoint`, `finish_run`.
+`begin_run`, `ingest`, `checkpoint`, `finish_run`; `timings` says where its time went.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from esworkbench.events import RAW_SCHEMA
 from esworkbench.lake import _ingest, _views
 from esworkbench.lake._ingest import IngestCounts
 from esworkbench.lake._schema import q, rows
+from esworkbench.lake._timings import Timings
 from esworkbench.sources import SourceBatch
 
 __all__ = ["LakeWriter", "read_anchor", "read_checkpoint"]
@@ -77,7 +78,7 @@ class LakeWriter:
         self._fields = fields
         self._batch_size = batch_size
         self._unflushed = 0
-        self._ids: _ingest.IdIndex | None = None
+        self.timings = Timings()
         self._sync_memory = "256MB"
         self._saved: tuple[str, str, str] | None = None
 
@@ -108,11 +109,9 @@ class LakeWriter:
         q(self._con, f"SET memory_limit = '{self._sync_memory}'")
         q(self._con, f"SET threads = {max(1, (os.cpu_count() or 2) - 1)}")
         self._unflushed = 0
-        self._ids = _ingest.IdIndex.load(self._con)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._ids = None  # 8 bytes per event: not kept between syncs
         # The last rows are checkpointed under the sync's memory cap; otherwise the next
         # commit would do it with the cap lifted, and DuckDB then caches all it touches.
         if self._unflushed:
@@ -177,7 +176,7 @@ class LakeWriter:
                 run_id=run_id,
                 checkpoint=batch.checkpoint,
                 fields=self._fields,
-                ids=self._ids if self._ids is not None else _ingest.IdIndex.load(self._con),
+                timings=self.timings,
             )
         finally:
             if raised:
@@ -194,7 +193,10 @@ class LakeWriter:
         sync's memory flat however large the lake grows.
         """
         self._unflushed = 0
-        with contextlib.suppress(duckdb.Error):  # busy: DuckDB's own trigger will do it
+        with (
+            self.timings.phase("checkpoint"),
+            contextlib.suppress(duckdb.Error),  # busy: DuckDB's own trigger will do it
+        ):
             q(self._con, "CHECKPOINT")
             q(self._con, "SET memory_limit = '32MB'")
             q(self._con, f"SET memory_limit = '{self._sync_memory}'")

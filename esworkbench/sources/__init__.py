@@ -31,6 +31,7 @@ __all__ = [
     "EventFilter",
     "EventSource",
     "FilterOptions",
+    "PrefersBatchSize",
     "SourceBatch",
     "SupportsCancel",
     "SupportsHead",
@@ -103,6 +104,20 @@ class SupportsVerify(Protocol):
 
     def event_id_at(self, position: int) -> str | None:
         """The id of the event at exactly this commit position, or None if there is none."""
+        ...
+
+
+@runtime_checkable
+class PrefersBatchSize(Protocol):
+    """A source whose batches cost least at a size of its own; a sync given none uses it.
+
+    Archives read whole columns in C, so their only per-batch cost is the lake's fixed work per
+    transaction, and a batch of one DuckDB row group lets DuckDB write it compressed once.
+    """
+
+    @property
+    def preferred_batch_size(self) -> int:
+        """Events per batch when the caller does not say."""
         ...
 
 

@@ -53,6 +53,10 @@ class _BatchedSource:
     # True when the rows are known to be in commit-position order: then every batch can carry
     # a checkpoint (its last position) and an interrupted sync resumes mid-way.
     ordered = False
+    # DuckDB's row group: a transaction that inserts a whole one writes it to the lake file
+    # compressed, once, instead of logging the rows and compressing them at the next checkpoint
+    # (bench/sync.py --archive: about 1.5x the events/s of 25,000-event batches).
+    preferred_batch_size = 122_880
 
     def _identity(self) -> str:
         raise NotImplementedError

@@ -17,6 +17,7 @@ from polars.testing import assert_frame_equal
 from esworkbench.errors import ConfigError, LakeError
 from esworkbench.events import ENVELOPE_SCHEMA, OCCURRED_AT_KEY, RAW_SCHEMA
 from esworkbench.lake import EventFilter, Lake, sync
+from esworkbench.lake._timings import PHASES
 from esworkbench.sources.files import TableSource
 
 AUDIT_COLUMNS = ("source_key", "run_id", "rejected_at")
@@ -229,20 +230,24 @@ def test_a_reused_event_id_is_caught_across_batches_of_one_sync(
     assert lake.read_rejected()["commit_position"].to_list() == [4]
 
 
-def test_the_id_index_answers_like_a_set() -> None:
-    import numpy as np
-
-    from esworkbench.lake._ingest import IdIndex
-
-    rng = np.random.default_rng(1)
-    known = rng.integers(0, 2**63, 50_000, dtype=np.uint64)
-    index = IdIndex(known[:30_000])
-    for start in range(30_000, 50_000, 1_000):
-        index.add(known[start : start + 1_000])
-    fresh = rng.integers(0, 2**63, 5_000, dtype=np.uint64)
-    assert index.contains(known).all() and len(index) == 50_000
-    assert not index.contains(fresh[~np.isin(fresh, known)]).any()
-    assert not IdIndex(np.empty(0, dtype=np.uint64)).contains(fresh).any()
+def test_ids_are_checked_against_the_whole_lake_not_a_sync_s_memory(
+    lake: Lake, make_event: Any
+) -> None:
+    # the first sync's ids are long committed (many batches, another source) when reused
+    first = [make_event(p, stream=f"user-{p % 5}") for p in range(1, 60)]
+    sync(source(first, "a"), lake, batch_size=7)
+    reused = first[3]["event_id"]
+    again = [
+        first[10],  # the same event at its own position: harmless
+        make_event(100, event_id=reused.upper(), stream="user-9"),  # an old id, a new place
+        make_event(101),
+    ]
+    result = sync(source(again, "b"), lake, batch_size=1)
+    assert (result.events, result.rejected, result.duplicates) == (1, 1, 1)
+    (reason,) = lake.read_rejected()["reason"].to_list()
+    assert reason.startswith("duplicate_event_id:") and "commit position 4" in reason
+    assert sorted(result.timings) == sorted(PHASES)
+    assert all(seconds >= 0 for seconds in result.timings.values())
 
 
 def test_redelivery_is_harmless(lake: Lake, make_event: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,81 @@ def test_open_source_picks_by_location(tmp_path: Path) -> None:
     path.write_bytes(b"")
     assert isinstance(open_source(str(path)), ParquetSource)
     assert open_source("esdb://127.0.0.1:1?tls=false").describe().startswith("EventStoreDB")
+
+
+# -- hostile archives: the archive path decides every event as the in-memory reference does ---
+
+
+def _hostile_events() -> list[dict[str, Any]]:
+    """Ordinary events with every hostile case of tests/lake/test_hostile.py among them.
+
+    Plus what only an archive can carry oddly: bytes that are not UTF-8 (base64 in JSONL), an
+    event id that is not a UUID, an id reused at another position, and a repeated line.
+    """
+    from tests.lake.test_hostile import CASES, ordinary, raw
+
+    events = [ordinary(p) for p in range(1, 40)]
+    for i, (payload, _) in enumerate(CASES.values()):
+        events.insert(2 * i + 1, raw(0, payload))
+    events.insert(5, raw(0, b"\xff\xfe not text", metadata=b"\x80"))
+    events.insert(9, raw(0, b'{"a":1}', metadata=b"{not json"))
+    events.insert(13, {**raw(0, b'{"a":1}'), "event_id": "not-a-uuid"})
+    for i, event in enumerate(events):  # positions in order, each event its own id
+        event.update(commit_position=100 + i, prepare_position=100 + i, stream_revision=i)
+        if event["event_id"] != "not-a-uuid":
+            event["event_id"] = str(uuid.uuid5(uuid.NAMESPACE_OID, f"hostile/{i}"))
+    # An id reused by an accepted event. (An id reused from a *rejected* one is decided by batch
+    # size: repeats within a batch are caught whatever their fate, across batches only against
+    # `events`; so the reference, one batch, would differ from small batches for reasons of its
+    # own.)
+    accepted = next(e for e in events[20:] if e["data"].startswith(b'{"userId"'))
+    events.append({**accepted, "commit_position": 900, "prepare_position": 900})
+    events.append(dict(events[3]))  # the same line twice
+    return events
+
+
+def _lake_contents(lake: Lake) -> dict[str, Any]:
+    return {
+        "events": lake.read_events(include_system=True),
+        "rejected": lake.read_rejected().drop(AUDIT),
+        "flags": lake.read_flags().drop("source_key", "run_id", "flagged_at"),
+        "checkpoints": lake.read_checkpoints().select("position"),
+        **{t: lake.read_typed(t) for t in lake.typed_event_types()},
+    }
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 7, 1000])
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".parquet"])
+def test_hostile_archives_make_the_same_lake_as_the_reference(
+    tmp_path: Path, suffix: str, batch_size: int | None
+) -> None:
+    events = _hostile_events()
+    table = pa.Table.from_pylist(events, schema=RAW_SCHEMA)
+    path = tmp_path / f"hostile{suffix}"
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, path)
+    else:
+        text = "".join(archive_line(e) + "\n" for e in events)
+        if suffix.endswith(".gz"):
+            with gzip.open(path, "wt") as f:
+                f.write(text)
+        else:
+            path.write_text(text)
+    with Lake(tmp_path / "ref.duckdb") as ref, Lake(tmp_path / "a.duckdb") as lake:
+        expected = sync(TableSource(table, name="ref"), ref, batch_size=len(events))
+        got = sync(open_archive(path), lake, batch_size=batch_size)
+        assert got.outcome == "ok"
+        assert (got.events, got.rejected, got.duplicates) == (
+            expected.events,
+            expected.rejected,
+            expected.duplicates,
+        )
+        assert got.rejected > 10 and got.duplicates >= 1
+        want, have = _lake_contents(ref), _lake_contents(lake)
+        assert want.keys() == have.keys()
+        for name in want:
+            assert_frame_equal(have[name], want[name], check_exact=True)
+        again = sync(open_archive(path), lake)
+        assert (again.events, again.rejected) == (0, 0)
