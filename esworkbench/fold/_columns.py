@@ -28,9 +28,13 @@ __all__ = ["CHANGED", "StateColumns", "to_arrow", "unify"]
 CHANGED = "changed"
 
 
-def to_arrow(values: Sequence[Any]) -> pa.Array:
-    """Python state values as one Arrow array; money stays exact (decimal128(38, scale))."""
-    types = set(map(type, values))
+def to_arrow(values: Sequence[Any], types: set[type] | None = None) -> pa.Array:
+    """Python state values as one Arrow array; money stays exact (decimal128(38, scale)).
+
+    `types`: the set of the values' types, when the caller has it already.
+    """
+    if types is None:
+        types = set(map(type, values))
     if types <= _DECIMAL_OR_NONE:
         decimals = _decimals(values, has_none=type(None) in types)
         if decimals is not None:
@@ -153,13 +157,18 @@ class StateColumns:
         )
         self._fields = first if self._uniform else _union(names)
         self._python: list[Sequence[Any]] = []
+        self._types: list[set[type]] = []
         self._arrow: list[pa.Array] = []
 
     def columns(self) -> dict[str, pa.Array]:
         """One Arrow column per state field, named by the field."""
         if not self._arrow:
             self._python = self._by_field()
-            self._arrow = [to_arrow(column) for column in self._python]
+            self._types = [set(map(type, column)) for column in self._python]
+            self._arrow = [
+                to_arrow(column, types)
+                for column, types in zip(self._python, self._types, strict=True)
+            ]
         return dict(zip(self._fields, self._arrow, strict=True))
 
     def changed(self) -> pa.Array:
@@ -169,10 +178,11 @@ class StateColumns:
         self.columns()
         rows = len(self._values)
         matrix = np.zeros((rows, len(self._fields)), dtype=np.bool_)
-        for index, (python, arrow) in enumerate(zip(self._python, self._arrow, strict=True)):
+        columns = zip(self._python, self._types, self._arrow, strict=True)
+        for index, (python, types, arrow) in enumerate(columns):
             column = matrix[:, index]
             if rows > 1:
-                column[1:] = _differs(python, arrow)
+                column[1:] = _differs(python, types, arrow)
             for start, (_, fresh) in self._firsts:
                 new, old = python[start], fresh[index]
                 column[start] = new is not old and new != old
@@ -230,9 +240,9 @@ _COMPARABLE: dict[type, Any] = {
 }
 
 
-def _differs(python: Sequence[Any], arrow: pa.Array) -> np.ndarray[Any, Any]:
+def _differs(python: Sequence[Any], types: set[type], arrow: pa.Array) -> np.ndarray[Any, Any]:
     """Per row after the first: does its value differ from the row before? (Python's !=)."""
-    kinds = set(map(type, python)) - {type(None)}
+    kinds = types - {type(None)}
     check = _COMPARABLE.get(next(iter(kinds))) if len(kinds) == 1 else None
     if check is not None and check(arrow.type):
         new, old = arrow.slice(1), arrow.slice(0, len(arrow) - 1)
