@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from esworkbench.lake import Lake, sync
@@ -41,6 +42,9 @@ def test_readme_python_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert run.timeline.height == len(lines)  # type: ignore[attr-defined]
     assert "decode_error" in set(run.findings["kind"])  # type: ignore[attr-defined]
     assert scope["deposits"].height == readable_deposits  # type: ignore[attr-defined]
+    # Written batch by batch to Parquet parts, then sorted into one file: the same rows.
+    assert scope["written"].timeline.equals(run.timeline)  # type: ignore[attr-defined]
+    assert pl.read_parquet("data/lake/timeline.parquet").equals(run.timeline)  # type: ignore[attr-defined]
     # The Dask snippet folds the same rows on a local cluster.
     assert scope["on_dask"].timeline.equals(run.timeline)  # type: ignore[attr-defined]
 
