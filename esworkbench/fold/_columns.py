@@ -203,11 +203,13 @@ class StateColumns:
 
     def _pairs(self) -> list[tuple[State, State]]:
         """Per row, (the state before it, the state after it)."""
-        before: list[State | None] = [None, *zip(self._names, self._values, strict=True)][:-1]
+        after: list[State] = list(zip(self._names, self._values, strict=True))
+        # Each row's predecessor; the first row of each stream (row 0 among them) gets its
+        # fresh aggregate's state instead.
+        before = after[:1] + after[:-1]
         for start, fresh in self._firsts:
             before[start] = fresh
-        after = zip(self._names, self._values, strict=True)
-        return [(b, a) for b, a in zip(before, after, strict=True) if b is not None]
+        return list(zip(before, after, strict=True))
 
 
 def _union(names: list[tuple[str, ...]]) -> tuple[str, ...]:

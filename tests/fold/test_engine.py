@@ -203,6 +203,14 @@ def test_the_state_read_from_attributes_equals_state(monkeypatch: pytest.MonkeyP
         reference = engine.fold_batch(table, _Grows, "skip")
     assert fast.timeline.equals(reference.timeline)
     assert fast.timeline.column_names[-3:] == ["tags", "extra", "changed"]
+    # A field that appears or goes away is a change; an equal value is not.
+    assert fast.timeline.column("changed").to_pylist() == [
+        ["tags"],
+        ["tags", "extra"],
+        ["tags"],
+        ["tags", "extra"],
+        ["tags"],
+    ]
 
 
 def _reference_reader(self: engine._StateReader, cls: type[AggregateRoot]) -> None:
