@@ -24,6 +24,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from esworkbench.errors import LakeError
 from esworkbench.events import OCCURRED_AT_KEY
 from esworkbench.filters import EventFilter
 from esworkbench.lake import _export
@@ -119,12 +120,24 @@ class StreamBatches:
         try:
             with _memory_limit(self._con, self._memory_limit):
                 q(cursor, "SET TimeZone = 'UTC'")
-                relation = cursor.sql(ordered, params=self._params)
-                assert relation is not None
-                reader = relation.to_arrow_reader(max(2_048, self._batch_size // 4))
+                try:
+                    relation = cursor.sql(ordered, params=self._params)
+                    assert relation is not None
+                    reader = relation.to_arrow_reader(max(2_048, self._batch_size // 4))
+                except (duckdb.OutOfMemoryException, duckdb.IOException) as e:
+                    raise self._sort_failed(e) from e
                 yield from _whole_streams(reader, self._batch_size)
         finally:
             cursor.close()
+
+    def _sort_failed(self, error: duckdb.Error) -> LakeError:
+        ((spill,),) = rows(self._con, "SELECT current_setting('temp_directory')")
+        return LakeError(
+            f"sorting the lake's events by stream failed: {error}. DuckDB sorts them within "
+            f"{self._memory_limit} and spills the rest to {spill!r}: make that directory "
+            "writable with room to spare, or point DuckDB elsewhere with "
+            "lake.read_sql(\"SET temp_directory = '/roomy/dir'\") before replaying"
+        )
 
 
 def _whole_streams(reader: pa.RecordBatchReader, batch_size: int) -> Iterator[pa.Table]:

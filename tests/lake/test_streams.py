@@ -9,12 +9,14 @@ import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 
+from esworkbench.errors import LakeError
 from esworkbench.events import RAW_SCHEMA
 from esworkbench.examples.bank.sample import generate
+from esworkbench.filters import EventFilter
 from esworkbench.fold import with_rejected
 from esworkbench.fold._engine import INPUT_COLUMNS, REJECTED
 from esworkbench.lake import Lake, sync
-from esworkbench.lake._streams import FOLD_INPUT_SCHEMA
+from esworkbench.lake._streams import FOLD_INPUT_SCHEMA, StreamBatches
 from esworkbench.sources.files import TableSource
 
 
@@ -91,3 +93,15 @@ def test_the_sort_memory_limit_is_set_back_after_reading(hostile_lake: Path) -> 
         after = lake.read_sql("SELECT current_setting('memory_limit') AS m")["m"][0]
     assert during != before
     assert after == before
+
+
+def test_a_sort_that_cannot_spill_says_where_and_what_to_do(hostile_lake: Path) -> None:
+    with Lake(hostile_lake, read_only=True) as lake:
+        # A file is no directory: DuckDB cannot spill under it.
+        lake.read_sql(f"SET temp_directory = '{hostile_lake}/spill'")
+        batches = StreamBatches(lake._con, EventFilter.of(), batch_size=100, memory_limit="1MB")
+        with pytest.raises(LakeError) as caught:
+            list(batches)
+    message = str(caught.value)
+    assert f"{hostile_lake}/spill" in message
+    assert "SET temp_directory" in message
