@@ -218,10 +218,14 @@ def _replace_chart_outputs(nb: Any) -> list[tuple[int, int]]:
             spec = data[key]
             version = _vl_version(spec)
             versions.append(version)
-            try:
-                svg = static_svg(spec)
-            except Exception as e:  # vl-convert raises plain ValueErrors on bad specs
-                raise ReportError(f"cannot render a chart of {cell.get('id', '?')}: {e}") from e
+            # The kernel drew this spec's SVG already (charts.enable_renderer); drawing it again
+            # here took as long as drawing it there.
+            svg = _joined(data.get("image/svg+xml"))
+            if not svg:
+                try:
+                    svg = static_svg(spec)
+                except Exception as e:  # vl-convert raises plain ValueErrors on bad specs
+                    raise ReportError(f"cannot render a chart of {cell.get('id', '?')}: {e}") from e
             spec_json = json.dumps(spec, separators=(",", ":")).replace("<", "\\u003c")
             output["data"] = {
                 "text/html": (
@@ -232,6 +236,11 @@ def _replace_chart_outputs(nb: Any) -> list[tuple[int, int]]:
                 "text/plain": data.get("text/plain", "<chart>"),
             }
     return versions
+
+
+def _joined(text: Any) -> str:
+    """A notebook's multi-line string (a str, or a list of lines as nbformat may store it)."""
+    return "".join(text) if isinstance(text, list) else str(text or "")
 
 
 def _vl_version(spec: Mapping[str, Any]) -> tuple[int, int]:

@@ -55,6 +55,7 @@ from esworkbench.reports._parameters import (
 from esworkbench.reports._record import (
     ReadRecord,
     reads_in_notebook,
+    stages_in_notebook,
 )
 from esworkbench.reports._verify import _sha256
 
@@ -260,6 +261,8 @@ def run_report(
             "execute_seconds": round(t1 - t0, 3),
             "render_seconds": round(t2 - t1, 3),
             "cells": _cell_durations(nb_json),
+            # What the notebook's own objects timed inside their cells (e.g. read, replay).
+            "stages": stages_in_notebook(nb_json),
         },
         "outcome": outcome,
     }

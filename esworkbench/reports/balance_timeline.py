@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +27,7 @@ from esworkbench.errors import ConfigError
 from esworkbench.filters import utc
 from esworkbench.fold import Replay, replay_frame, resolve_aggregate, with_rejected
 from esworkbench.lake import opened
-from esworkbench.reports._record import ReadRecord, read_recorded
+from esworkbench.reports._record import STAGES_MIME, ReadRecord, read_recorded
 
 if TYPE_CHECKING:
     from esworkbench.fold import OnError
@@ -74,6 +75,7 @@ class BalanceReport:
         swings: the largest balance changes of single events in the window.
         findings: replay findings in the window (history today's rules reject).
         findings_by_kind: finding counts per kind and event type.
+        timings: seconds spent reading the lake, replaying, and computing the sections.
     """
 
     read: ReadRecord
@@ -89,6 +91,12 @@ class BalanceReport:
     since: datetime | None
     until: datetime | None
     every: str
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        # Displayed, the report reads as its description and records its stage timings,
+        # which the report runner copies into the manifest (see ``stages_in_notebook``).
+        return {"text/plain": self.describe(), STAGES_MIME: self.timings}
 
     def describe(self) -> str:
         """One paragraph: what was read, replayed and charted."""
@@ -158,11 +166,14 @@ def balance_report(
     if every is not None:
         _check_every(every)
     filters = scope_filters(cls.stream_prefix, user_ids=user_ids, stream_prefix=stream_prefix)
+    started = time.perf_counter()
     with opened(lake) as lake_:
         events, record = read_recorded(lake_, **filters)
         # Events the lake rejected at ingest are replayed as the undecodable events they are.
         replayed = with_rejected(lake_, events, **filters)
+    read_at = time.perf_counter()
     result = replay_frame(replayed, cls, on_error=on_error)
+    replayed_at = time.perf_counter()
     full = with_payload(result.timeline, events, value=value)
     if value not in full.columns:
         raise ConfigError(
@@ -183,7 +194,7 @@ def balance_report(
         full, max(top_n or 0, _heatmap_streams(full, every, start, end)), since=start, until=end
     )
     in_window = _in_window(result.findings, start, end)
-    return BalanceReport(
+    report = BalanceReport(
         read=record,
         replay=result,
         streams=charted,
@@ -209,6 +220,14 @@ def balance_report(
         since=start,
         until=end,
         every=every,
+    )
+    return dataclasses.replace(
+        report,
+        timings={
+            "read": round(read_at - started, 3),
+            "replay": round(replayed_at - read_at, 3),
+            "sections": round(time.perf_counter() - replayed_at, 3),
+        },
     )
 
 

@@ -104,6 +104,8 @@ def test_the_manifest_pins_what_was_read(scene: Scene) -> None:
         m["versions"]
     )
     assert m["timings"]["execute_seconds"] > 0 and m["timings"]["cells"]
+    # The report object timed its own stages inside its cell; the manifest keeps them apart.
+    assert set(m["timings"]["stages"]) == {"read", "replay", "sections"}
     assert m["outcome"] == {"status": "ok"}
 
 
