@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from esworkbench.charts._buckets import bucket_timeline, choose_bucket, spell_bucket
 from esworkbench.charts._data import (
     _TIME_FORMAT,
     DEFAULT_MAX_POINTS,
@@ -25,8 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = ["balance_heatmap", "balance_small_multiples", "balance_timeline", "bank_total"]
 
-# Coarser and coarser buckets to thin a timeline with; the first that fits is used.
-_THINNING_STEPS = ("1m", "5m", "15m", "1h", "6h", "1d", "1w", "1mo", "3mo", "1y")
 # Tooltip columns of the timeline, in display order, with their titles (present ones are used).
 _EVENT_TOOLTIPS = (
     ("stream_name", "stream"),
@@ -46,6 +45,7 @@ def balance_timeline(
     value: str = "balance",
     time: str = "occurred_at",
     series: str = "stream_name",
+    bucket: str | None = "auto",
     max_points: int = DEFAULT_MAX_POINTS,
     title: str = "Balance after every event",
     width: int = 760,
@@ -58,13 +58,22 @@ def balance_timeline(
     interval on the small overview below zooms the main chart; clicking a legend entry
     highlights one stream.
 
+    When a stream has more events than the chart has pixels for (see ``bucket``), the chart
+    shows one point per stream per time bucket instead (``bucket_timeline``): a band from the
+    lowest to the highest balance the stream held in the bucket, and the step line and point
+    of the balance after the bucket's last event, whose details the tooltip gives with the
+    bucket's event count. The subtitle says so and names the bucket.
+
     Args:
         timeline: One row per event: `series`, `time`, `value` and any of the tooltip columns
             (event_type, amount, new_balance, stream_revision, commit_position, created).
         value: The state column to plot (Decimal is fine).
         time: The time axis; `occurred_at` (business time) by default.
         series: The column naming the line (one per stream).
-        max_points: Above this many rows, keep the last event per stream per time bucket.
+        bucket: "auto": aggregate per time bucket when the events are denser than the pixels
+            (or more than `max_points`), at the finest bucket that fits (``choose_bucket``);
+            a Polars duration ("1d"): aggregate at that bucket; None: one point per event.
+        max_points: The most rows the chart embeds; more is an error.
         title: Chart title.
         width: Width of the main chart in pixels.
         height: Height of the main chart in pixels.
@@ -80,30 +89,54 @@ def balance_timeline(
 
     df = _to_polars(timeline)
     _require(df, [series, time, value], "balance_timeline")
-    df, note = _thin(df, time=time, series=series, max_points=max_points)
-    tooltip_columns = [c for c, _ in _EVENT_TOOLTIPS if c in df.columns]
-    source = _inline(plot_frame(df, [*dict.fromkeys([series, time, value, *tooltip_columns])]))
+    every = _bucket(df, bucket, time=time, series=series, width=width, max_points=max_points)
+    event_columns = [c for c, _ in _EVENT_TOOLTIPS if c in df.columns]
+    if every is None:
+        _check_size(df, max_points, "balance_timeline", "aggregate it (bucket='auto')")
+        data, note = df, None
+        tooltips = [_tooltip(c, t, df.schema[c]) for c, t in _EVENT_TOOLTIPS if c in df.columns]
+        if value not in event_columns:
+            tooltips.insert(2, _tooltip(value, value, df.schema[value]))
+        columns = [*dict.fromkeys([series, time, value, *event_columns])]
+    else:
+        data = bucket_timeline(
+            df, every, time=time, series=series, value=value, keep=tuple(event_columns)
+        )
+        note = _bucket_note(every, events=df.height, buckets=data.height, value=value)
+        tooltips = _bucket_tooltips(data, every, time=time, series=series, value=value)
+        columns = list(data.columns)
+    source = _inline(plot_frame(data, columns))
 
     brush = alt.selection_interval(encodings=["x"], name="zoom")
     pick = alt.selection_point(fields=[series], bind="legend", name="pick")
     x_title = f"{time} (UTC)"
     color = alt.Color(f"{series}:N", title=series, legend=alt.Legend(symbolLimit=50))
-    base = alt.Chart(source).encode(
-        x=alt.X(f"{time}:T", title=x_title, scale=alt.Scale(type="utc", domain=brush)),
-        y=alt.Y(f"{value}:Q", title=value),
-        color=color,
-    )
-    tooltips = [_tooltip(c, t, df.schema[c]) for c, t in _EVENT_TOOLTIPS if c in df.columns]
-    if value not in tooltip_columns:
-        tooltips.insert(2, _tooltip(value, value, df.schema[value]))
+    x = alt.X(f"{time}:T", title=x_title, scale=alt.Scale(type="utc", domain=brush))
+    base = alt.Chart(source).encode(x=x, y=alt.Y(f"{value}:Q", title=value), color=color)
     # clip: zoomed in, marks outside the brushed interval must not spill over the axes.
     lines = base.mark_line(interpolate="step-after", clip=True).encode(
         opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15))
     )
-    points = base.mark_point(filled=True, size=30, clip=True).encode(
+    points = base.mark_point(filled=True, size=30 if every is None else 14, clip=True).encode(
         tooltip=tooltips, opacity=alt.condition(pick, alt.value(1.0), alt.value(0.1))
     )
-    detail = alt.layer(lines, points).add_params(pick).properties(width=width, height=height)
+    layers = [lines, points]
+    if every is not None:
+        band = (
+            alt.Chart(source)
+            .mark_rect(clip=True)
+            .encode(
+                x=alt.X("bucket_start:T", title=x_title, scale=alt.Scale(type="utc", domain=brush)),
+                x2="bucket_end:T",
+                y=alt.Y("low:Q", title=value),
+                y2="high:Q",
+                color=color,
+                opacity=alt.condition(pick, alt.value(0.25), alt.value(0.04)),
+                tooltip=tooltips,
+            )
+        )
+        layers.insert(0, band)
+    detail = alt.layer(*layers).add_params(pick).properties(width=width, height=height)
     overview = (
         alt.Chart(source)
         .mark_line(interpolate="step-after")
@@ -126,10 +159,16 @@ def balance_small_multiples(
     series: str = "stream_name",
     columns: int = 4,
     max_series: int = 48,
+    bucket: str | None = "auto",
     max_points: int = DEFAULT_MAX_POINTS,
     title: str = "Balance per stream",
+    width: int = 170,
 ) -> alt.FacetChart:
     """One small step chart per stream (each with its own y scale), for a few dozen streams.
+
+    Panels are small: a stream with more events than its panel has pixels for is drawn per
+    time bucket, as in ``balance_timeline`` (band: lowest to highest balance in the bucket;
+    line and points: the balance after its last event), and the subtitle says so.
 
     Example:
         >>> from datetime import datetime, UTC
@@ -148,24 +187,51 @@ def balance_small_multiples(
             f"{n_series} streams are too many for small multiples (max_series={max_series}); "
             "use balance_heatmap for many streams, or pass fewer (e.g. the top N by activity)"
         )
-    df, note = _thin(df, time=time, series=series, max_points=max_points)
-    data = plot_frame(df, [series, time, value])
-    chart = (
-        alt.Chart(_inline(data))
-        # Points as well as the line: a stream with one event in the window has a point to
-        # show, where a line alone would leave its panel empty.
-        .mark_line(interpolate="step-after", point=alt.OverlayMarkDef(filled=True, size=12))
-        .encode(
-            x=alt.X(f"{time}:T", title=None, scale=alt.Scale(type="utc")),
-            y=alt.Y(f"{value}:Q", title=None),
-            tooltip=[
-                alt.Tooltip(f"{series}:N"),
-                alt.Tooltip(f"{time}:T", format=_TIME_FORMAT, formatType="utc"),
-                alt.Tooltip(f"{value}:Q", format=",.2f"),
-            ],
+    every = _bucket(df, bucket, time=time, series=series, width=width, max_points=max_points)
+    x = alt.X(f"{time}:T", title=None, scale=alt.Scale(type="utc"))
+    # Points as well as the line: a stream with one event in the window has a point to show,
+    # where a line alone would leave its panel empty.
+    point = alt.OverlayMarkDef(filled=True, size=12)
+    if every is None:
+        _check_size(df, max_points, "balance_small_multiples", "aggregate it (bucket='auto')")
+        data = plot_frame(df, [series, time, value])
+        chart: Any = (
+            alt.Chart(_inline(data))
+            .mark_line(interpolate="step-after", point=point)
+            .encode(
+                x=x,
+                y=alt.Y(f"{value}:Q", title=None),
+                tooltip=[
+                    alt.Tooltip(f"{series}:N"),
+                    alt.Tooltip(f"{time}:T", format=_TIME_FORMAT, formatType="utc"),
+                    alt.Tooltip(f"{value}:Q", format=",.2f"),
+                ],
+            )
+            .properties(width=width, height=80)
         )
-        .properties(width=170, height=80)
-    )
+        note = None
+    else:
+        buckets = bucket_timeline(df, every, time=time, series=series, value=value)
+        note = _bucket_note(every, events=df.height, buckets=buckets.height, value=value)
+        source = _inline(plot_frame(buckets))
+        tooltips = _bucket_tooltips(buckets, every, time=time, series=series, value=value)
+        band = (
+            alt.Chart()
+            .mark_rect(opacity=0.3)
+            .encode(
+                x=alt.X("bucket_start:T", title=None, scale=alt.Scale(type="utc")),
+                x2="bucket_end:T",
+                y=alt.Y("low:Q", title=None),
+                y2="high:Q",
+                tooltip=tooltips,
+            )
+        )
+        line = (
+            alt.Chart()
+            .mark_line(interpolate="step-after", point=point)
+            .encode(x=x, y=f"{value}:Q", tooltip=tooltips)
+        )
+        chart = alt.layer(band, line, data=source).properties(width=width, height=80)
     faceted: alt.FacetChart = (
         chart.facet(facet=alt.Facet(f"{series}:N", title=None), columns=columns)
         .resolve_scale(y="independent")
@@ -300,31 +366,48 @@ def bank_total(
     return alt.LayerChart(layer=[line, points]).properties(width=760, height=240, title=title)
 
 
-def _thin(
-    df: pl.DataFrame, *, time: str, series: str, max_points: int
-) -> tuple[pl.DataFrame, str | None]:
-    """At most `max_points` rows: the last event per stream per bucket, the finest that fits.
+def _bucket(
+    df: pl.DataFrame,
+    bucket: str | None,
+    *,
+    time: str,
+    series: str,
+    width: int,
+    max_points: int,
+) -> str | None:
+    if bucket == "auto":
+        return choose_bucket(df, time=time, series=series, width=width, max_points=max_points)
+    return bucket
 
-    The last event of a bucket carries the balance the bucket ends with, so the thinned step
-    line passes through true balances at true times; only intermediate steps disappear.
-    """
-    if df.height <= max_points:
-        return df, None
-    ordered = df.sort([series, time])
-    for every in _THINNING_STEPS:
-        thinned = (
-            ordered.with_columns(pl.col(time).dt.truncate(every).alias("_bucket"))
-            .group_by([series, "_bucket"], maintain_order=True)
-            .last()
-            .drop("_bucket")
-        )
-        if thinned.height <= max_points:
-            note = (
-                f"thinned: the last event per stream per {every} "
-                f"({thinned.height:,} of {df.height:,} events)"
-            )
-            return thinned, note
-    raise ValueError(
-        f"{df[series].n_unique():,} streams do not fit in {max_points:,} points even at one "
-        "point per year; chart fewer streams (e.g. the top N by activity)"
-    )
+
+def _bucket_note(every: str, *, events: int, buckets: int, value: str) -> list[str]:
+    """The subtitle of an aggregated chart: that it is, at what bucket, and how to read it."""
+    return [
+        f"Aggregated per {spell_bucket(every)} ({every}): {events:,} events, too dense to "
+        f"show one by one, drawn as {buckets:,} buckets.",
+        f"Band: lowest to highest {value} within a bucket; line and points: the {value} after "
+        "the bucket's last event (hover for its details).",
+    ]
+
+
+def _bucket_tooltips(
+    buckets: pl.DataFrame, every: str, *, time: str, series: str, value: str
+) -> list[alt.Tooltip]:
+    import altair as alt
+
+    schema = buckets.schema
+    shown = [
+        alt.Tooltip(f"{series}:N", title="stream"),
+        _tooltip("bucket_start", f"{spell_bucket(every)} from", schema["bucket_start"]),
+        _tooltip("bucket_end", "to", schema["bucket_end"]),
+        alt.Tooltip("events:Q", title="events in it", format=","),
+        _tooltip("low", f"lowest {value}", schema["low"]),
+        _tooltip("high", f"highest {value}", schema["high"]),
+        _tooltip(value, f"{value} at its end", schema[value]),
+    ]
+    shown += [
+        _tooltip(c, f"last event: {t}", schema[c])
+        for c, t in _EVENT_TOOLTIPS
+        if c in schema and c not in (series, value)
+    ]
+    return shown

@@ -108,7 +108,9 @@ def _tooltip(column: str, title: str, dtype: pl.DataType) -> alt.Tooltip:
     return alt.Tooltip(f"{column}:N", title=title)
 
 
-def _title(title: str, note: str | None) -> Any:
+def _title(title: str, note: str | list[str] | None) -> Any:
     import altair as alt
 
-    return alt.TitleParams(title, subtitle=[note]) if note else title
+    if not note:
+        return title
+    return alt.TitleParams(title, subtitle=[note] if isinstance(note, str) else note)
