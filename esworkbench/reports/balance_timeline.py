@@ -174,7 +174,9 @@ def balance_report(
     read_at = time.perf_counter()
     result = replay_frame(replayed, cls, on_error=on_error)
     replayed_at = time.perf_counter()
-    full = with_payload(result.timeline, events, value=value)
+    # Payloads are read only where a section shows them: the charted streams' events and the
+    # largest swings, not the whole timeline.
+    full = result.timeline
     if value not in full.columns:
         raise ConfigError(
             f"the {cls.__qualname__} state has no field {value!r}; state fields: "
@@ -194,13 +196,13 @@ def balance_report(
         full, max(top_n or 0, _heatmap_streams(full, every, start, end)), since=start, until=end
     )
     in_window = _in_window(result.findings, start, end)
+    in_chart = pl.col("stream_name").is_in(charted)
+    charted_events = with_payload(full.filter(in_chart), events.filter(in_chart), value=value)
     report = BalanceReport(
         read=record,
         replay=result,
         streams=charted,
-        timeline=window(
-            full.filter(pl.col("stream_name").is_in(charted)), since=start, until=end, value=value
-        ),
+        timeline=window(charted_events, since=start, until=end, value=value),
         periods=end_of_period(
             full.filter(pl.col("stream_name").is_in(periods_streams)),
             every=every,
@@ -208,11 +210,9 @@ def balance_report(
             until=end,
             value=value,
         ),
-        closing=stream_summary(
-            full.filter(pl.col("stream_name").is_in(charted)), since=start, until=end, value=value
-        ),
+        closing=stream_summary(charted_events, since=start, until=end, value=value),
         totals=_totals(full, every=every, since=start, until=end, value=value, recorded=recorded),
-        swings=largest_swings(full, since=start, until=end, value=value),
+        swings=largest_swings(full, since=start, until=end, value=value, events=events),
         findings=in_window,
         findings_by_kind=in_window.group_by("kind", "event_type")
         .agg(pl.len().alias("findings"), pl.col("stream_name").n_unique().alias("streams"))
@@ -241,14 +241,17 @@ def _totals(
     recorded: str | None,
 ) -> pl.DataFrame:
     """Bank-wide totals of `value`, and beside them of `recorded` and the gap, when present."""
-    totals = bank_totals(full, every=every, since=since, until=until, value=value)
     if recorded is None or recorded not in full.columns:
-        return totals
-    statements = bank_totals(full, every=every, since=since, until=until, value=recorded)
-    return totals.with_columns(
-        statements["total"].alias("recorded_total"),
-        (statements["total"] - totals["total"]).alias("drift_total"),
-    ).select("period_start", "period_end", "total", "recorded_total", "drift_total", "events")
+        return bank_totals(full, every=every, since=since, until=until, value=value)
+    both = _bank_totals(full, [value, recorded], every=every, since=since, until=until)
+    return both.select(
+        "period_start",
+        "period_end",
+        pl.col(value).alias("total"),
+        pl.col(recorded).alias("recorded_total"),
+        (pl.col(recorded) - pl.col(value)).alias("drift_total"),
+        "events",
+    )
 
 
 def scope_filters(
@@ -424,26 +427,68 @@ def bank_totals(
     Exact and linear in the events: each event that moves a stream's effective balance adds
     the change to the running total at its business time.
     """
+    totals = _bank_totals(timeline, [value], every=every, since=since, until=until)
+    return totals.rename({value: "total"})
+
+
+def _bank_totals(
+    timeline: pl.DataFrame,
+    values: list[str],
+    *,
+    every: str,
+    since: datetime | None,
+    until: datetime | None,
+) -> pl.DataFrame:
+    """``bank_totals`` of several state fields at once, one column each (named as the field).
+
+    The effective value of each row (see ``_effective``) is found within its stream in
+    business-time order without sorting the whole timeline: the row whose revision is the
+    highest so far is the one whose state holds, so each row points at that row (a forward
+    fill of its index) and takes its values.
+    """
     grid = _periods(timeline, every, since, until)
-    eff = _effective(timeline, value)
-    previous = pl.col(_EFF).shift(1).over("stream_name").fill_null(0)
-    deltas = eff.with_columns((pl.col(_EFF).fill_null(0) - previous).alias("_delta"))
-    money = deltas.schema["_delta"]
-    opening = deltas.filter(pl.col(TIME) < since)["_delta"].sum() if since is not None else 0
+    order = [TIME, "stream_revision"]
+    at = timeline.select("stream_name", "stream_revision", TIME, *values).with_row_index("_row")
+    highest = pl.col("stream_revision").cum_max().over("stream_name", order_by=order)
+    source = (
+        pl.when(pl.col("stream_revision") == highest)
+        .then(pl.col("_row"))
+        .forward_fill()
+        .over("stream_name", order_by=order)
+    )
+    at = at.with_columns(source.alias("_source"))
+    effective = at.select(
+        "stream_name",
+        "stream_revision",
+        TIME,
+        *(pl.col(v).gather(pl.col("_source")).fill_null(0) for v in values),
+    )
+    # The change each row makes to its stream's effective value (from 0 before its first row).
+    previous = pl.col(values).shift(1).over("stream_name", order_by=order).fill_null(0)
+    deltas = effective.select(TIME, pl.col(values) - previous)
+    money = {v: deltas.schema[v] for v in values}
+    opening = (
+        deltas.filter(pl.col(TIME) < since).select(pl.col(values).sum()).row(0, named=True)
+        if since is not None
+        else dict.fromkeys(values, 0)
+    )
     per_period = (
         _in_window(deltas, since, until)
         .with_columns(_bucket(every, since))
         .group_by("period_start")
-        .agg(pl.col("_delta").sum(), pl.len().cast(pl.UInt32).alias("events"))
+        .agg(pl.col(values).sum(), pl.len().cast(pl.UInt32).alias("events"))
     )
     return (
         grid.join(per_period, on="period_start", how="left")
         .sort("period_start")
         .with_columns(
-            (pl.col("_delta").fill_null(0).cum_sum() + pl.lit(opening)).cast(money).alias("total"),
+            *(
+                (pl.col(v).fill_null(0).cum_sum() + pl.lit(opening[v])).cast(money[v])
+                for v in values
+            ),
             pl.col("events").fill_null(0),
         )
-        .select("period_start", "period_end", "total", "events")
+        .select("period_start", "period_end", *values, "events")
     )
 
 
@@ -454,12 +499,29 @@ def largest_swings(
     since: datetime | None = None,
     until: datetime | None = None,
     value: str = "balance",
+    events: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """The `n` events in the window that changed a stream's `value` the most (either way)."""
-    ordered = timeline.sort("stream_name", "stream_revision")
-    changed = ordered.with_columns(
-        pl.col(value).shift(1).over("stream_name").alias(f"{value}_before"),
-    ).with_columns((pl.col(value) - pl.col(f"{value}_before").fill_null(0)).alias("change"))
+    """The `n` events in the window that changed a stream's `value` the most (either way).
+
+    Ties go to the earlier commit position. With `events` (the lake's events the timeline was
+    replayed from), each swing gets its event's `amount` from the payload, read for those `n`
+    events only.
+    """
+    before = f"{value}_before"
+    # Each stream's previous value in revision order; no sort of the whole timeline needed.
+    changed = timeline.with_columns(
+        pl.col(value).shift(1).over("stream_name", order_by="stream_revision").alias(before),
+    ).with_columns((pl.col(value) - pl.col(before).fill_null(0)).alias("change"))
+    order = [pl.col("change").abs(), pl.col("commit_position")]
+    top = (
+        _in_window(changed, since, until)
+        .filter(pl.col("change") != 0)
+        .top_k(n, by=order, reverse=[False, True])
+        .sort(order, descending=[True, False])
+    )
+    if events is not None:
+        ids = top["event_id"].to_list()
+        top = with_payload(top, events.filter(pl.col("event_id").is_in(ids)), value=value)
     columns = [
         "stream_name",
         "stream_revision",
@@ -467,17 +529,11 @@ def largest_swings(
         TIME,
         "event_type",
         "amount",
-        f"{value}_before",
+        before,
         value,
         "change",
     ]
-    return (
-        _in_window(changed, since, until)
-        .filter(pl.col("change") != 0)
-        .sort(pl.col("change").abs(), "commit_position", descending=[True, False])
-        .head(n)
-        .select([c for c in columns if c in changed.columns])
-    )
+    return top.select([c for c in columns if c in top.columns])
 
 
 def stream_summary(
