@@ -127,7 +127,7 @@ def _html_parts(html: str) -> list[tuple[str, int]]:
         title: Any = json.loads(spec.group(1)).get("title", "") if spec else ""
         title = title.get("text", "") if isinstance(title, dict) else title
         parts.append((f"chart: {title or 'untitled'}"[:44], len(chart.encode())))
-    tables = re.findall(r'<div class="ewb-table".*?</tbody></table></div>', html, re.S)
+    tables = re.findall(r'<div[^>]*class="ewb-table"[^>]*>.*?</tbody></table></div>', html, re.S)
     parts.append((f"tables ({len(tables)}, every row)", sum(len(t.encode()) for t in tables)))
     bundle = re.search(r"<script data-esw-bundle[^>]*>.*?</script>", html, re.S)
     parts.append(("Vega bundle (once)", len(bundle.group(0).encode()) if bundle else 0))

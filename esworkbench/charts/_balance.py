@@ -110,7 +110,9 @@ def balance_timeline(
     brush = alt.selection_interval(encodings=["x"], name="zoom")
     pick = alt.selection_point(fields=[series], bind="legend", name="pick")
     x_title = f"{time} (UTC)"
-    color = alt.Color(f"{series}:N", title=series, legend=alt.Legend(symbolLimit=50))
+    color = alt.Color(
+        f"{series}:N", title=series, legend=alt.Legend(symbolLimit=50, symbolOpacity=1)
+    )
     x = alt.X(f"{time}:T", title=x_title, scale=alt.Scale(type="utc", domain=brush))
     base = alt.Chart(source).encode(x=x, y=alt.Y(f"{value}:Q", title=value), color=color)
     # clip: zoomed in, marks outside the brushed interval must not spill over the axes.

@@ -52,6 +52,9 @@ MAX_PERIODS = 5_000
 # The heatmap shows at most this many streams and cells (an embedded chart stays small).
 HEATMAP_STREAMS = 50
 HEATMAP_CELLS = 5_000
+# The period charts (heatmap, bank total) are 760 pixels wide; a period narrower than 2 pixels
+# cannot be told from its neighbours, so the default period gives at most one per 2 pixels.
+MAX_AUTO_PERIODS = 760 // 2
 _OPENING, _CLOSING = "(balance at start)", "(balance at end)"
 _EFF = "_effective"
 _ONE_US = timedelta(microseconds=1)
@@ -643,17 +646,18 @@ _AUTO_EVERY = ("1d", "1w", "1mo", "3mo", "1y")
 def _auto_every(
     timeline: pl.DataFrame, since: datetime | None, until: datetime | None, *, streams: int
 ) -> str:
-    """The finest default period whose heatmap (charted streams x periods) fits its cells.
+    """The finest default period that the charts can show.
 
-    One day suits a few months of data; over about 500 days the heatmap of the charted streams
-    would exceed the charts' row limit, so the period grows with the span.
+    The heatmap of the charted streams (streams x periods) must fit its cells, and the periods
+    the width of the charts (``MAX_AUTO_PERIODS``): one day suits up to about a year of data,
+    and the period grows with the span.
     """
     for every in _AUTO_EVERY:
         try:
             periods = _periods(timeline, every, since, until).height
         except ConfigError:  # more periods than MAX_PERIODS: coarser
             continue
-        if periods * max(streams, 1) <= HEATMAP_CELLS:
+        if periods <= MAX_AUTO_PERIODS and periods * max(streams, 1) <= HEATMAP_CELLS:
             return every
     return _AUTO_EVERY[-1]
 
