@@ -70,12 +70,12 @@ def short_label(stream: pl.Expr, *, keep: int = 8) -> pl.Expr:
     )
 
 
-def _inline(data: pl.DataFrame) -> alt.InlineData:
+def _inline(data: pl.DataFrame) -> dict[str, Any]:
     # Inline values, not a DataFrame: altair's own row limit (5,000, raised at display time)
-    # would otherwise override `max_points`; altair still stores them once per chart.
-    import altair as alt
-
-    return alt.InlineData(values=data.to_dicts())
+    # would otherwise override `max_points`; altair still stores them once per chart. A plain
+    # {"values": ...} rather than alt.InlineData: altair copies and walks an InlineData's rows
+    # one by one when it writes the spec (0.3 s for 4,000 rows), a plain dict it passes on.
+    return {"values": data.to_dicts()}
 
 
 def _to_polars(frame: pl.DataFrame | pd.DataFrame) -> pl.DataFrame:

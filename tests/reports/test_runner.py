@@ -323,7 +323,11 @@ def test_render_refuses_html_that_would_fetch_a_url(tmp_path: Path) -> None:
     with alt.renderers.enable("default"):
         bundle = chart._repr_mimebundle_()
     data = bundle[0] if isinstance(bundle, tuple) else bundle
-    nb = nbformat.v4.new_notebook()
+    nb = nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        }
+    )
     nb.cells = [
         nbformat.v4.new_code_cell(
             "chart", outputs=[nbformat.v4.new_output("display_data", data=data)]
@@ -455,3 +459,30 @@ def test_charts_render_in_plain_nbconvert_with_no_network(tmp_path: Path) -> Non
     svg = base64.b64decode(images[0]).decode()
     assert svg.startswith("<svg") and svg.count("<path") > 10
     assert "http" not in re.sub(r'xmlns(:\w+)?="[^"]*"', "", svg)  # nothing it would fetch
+
+
+def test_a_cell_that_times_out_still_leaves_the_partial_notebook(tmp_path: Path) -> None:
+    # The runner writes the executed notebook once, when the run ends; a run cut short by a
+    # timeout (or a dead kernel) still ends, and keeps what ran.
+    nb = nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        }
+    )
+    nb.cells = [
+        nbformat.v4.new_code_cell('lake = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('print("first cell ran")'),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(60)"),
+    ]
+    source = tmp_path / "slow.ipynb"
+    nbformat.write(nb, source)
+
+    with pytest.raises(ReportError, match="timeout"):
+        reports.run_report(str(source), lake="unused", out_dir=tmp_path / "out", timeout=3)
+
+    (directory,) = (tmp_path / "out" / "slow").iterdir()
+    executed = nbformat.read(directory / "slow.ipynb", as_version=4)
+    assert "first cell ran" in executed.cells[2].outputs[0]["text"]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["outcome"]["status"] == "failed"
+    assert (directory / "slow.html").exists()
