@@ -219,6 +219,10 @@ def _css_urls(css: str) -> list[str]:
 # the finished page is still scanned whole for external URLs.
 _SLOT = '<div data-esw-slot="{}"></div>'
 _SLOTS = re.compile(r'<div data-esw-slot="(\d+)"></div>')
+# Output types nbconvert's HTML exporter displays rather than an output's text/html.
+_PREFERRED_TO_HTML = frozenset(
+    ("application/vnd.jupyter.widget-view+json", "application/javascript")
+)
 
 
 def _replace_chart_outputs(nb: Any) -> tuple[list[str], list[tuple[int, int]]]:
@@ -233,7 +237,8 @@ def _replace_chart_outputs(nb: Any) -> tuple[list[str], list[tuple[int, int]]]:
             data = output.get("data", {})
             key = next((k for k in data if k.startswith(SPEC_MIME_PREFIX)), None)
             if key is None:
-                if "text/html" in data:
+                # Only where nbconvert shows the HTML (it prefers a widget or script output).
+                if "text/html" in data and not _PREFERRED_TO_HTML.intersection(data):
                     slots.append(_joined(data["text/html"]))
                     data["text/html"] = _SLOT.format(len(slots) - 1)
                 continue

@@ -486,3 +486,49 @@ def test_a_cell_that_times_out_still_leaves_the_partial_notebook(tmp_path: Path)
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["outcome"]["status"] == "failed"
     assert (directory / "slow.html").exists()
+
+
+def test_html_outputs_are_placed_whole_and_script_outputs_left_to_nbconvert(
+    tmp_path: Path,
+) -> None:
+    # HTML outputs skip nbconvert's rewrite (placed into the finished page); an output that
+    # nbconvert shows as a script instead of its HTML keeps nbconvert's choice.
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("shown()")
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data", data={"text/html": "<table><tr><td>kept whole</td></tr></table>"}
+        ),
+        nbformat.v4.new_output(
+            "display_data",
+            data={"application/javascript": "console.log('ran')", "text/html": "<b>not shown</b>"},
+        ),
+    ]
+    nb.cells = [cell]
+    source = tmp_path / "outputs.ipynb"
+    nbformat.write(nb, source)
+
+    page = reports.render_html(source, tmp_path / "outputs.html").read_text()
+
+    assert page.count("<table><tr><td>kept whole</td></tr></table>") == 1
+    assert "console.log('ran')" in page and "not shown" not in page
+    assert "data-esw-slot" not in page
+
+
+def test_the_vega_bundle_is_kept_between_runs_and_remade_when_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from esworkbench.reports import _html
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _html._vega_bundle.cache_clear()
+    made = _html._vega_bundle((6, 4))
+    (kept,) = (tmp_path / "esworkbench").glob("vega-bundle-*.js")
+    assert "eswRendered" in made and kept.read_text().startswith(made)
+
+    kept.write_text(made[: len(made) // 2] + kept.read_text()[len(made) :])  # cut short
+    _html._vega_bundle.cache_clear()
+    assert _html._vega_bundle((6, 4)) == made  # the damaged copy was not used
+    _html._vega_bundle.cache_clear()
+    assert _html._vega_bundle((6, 4)) == made  # and was made again whole
+    _html._vega_bundle.cache_clear()
