@@ -329,6 +329,7 @@ class Dense:
     lake: Path
     report: tl.BalanceReport
     html: str
+    page: Path
 
 
 @pytest.fixture(scope="module")
@@ -347,7 +348,7 @@ def dense(tmp_path_factory: pytest.TempPathFactory) -> Dense:
     result = reports.run_report(
         "balance_timeline", lake=lake, parameters={"top_n": 4}, out_dir=base / "reports"
     )
-    return Dense(lake, tl.balance_report(lake, top_n=4), result.html.read_text())
+    return Dense(lake, tl.balance_report(lake, top_n=4), result.html.read_text(), result.html)
 
 
 def _chart_spec(html: str, title: str) -> dict[str, Any]:
@@ -429,3 +430,19 @@ def test_a_dense_report_stays_small(dense: Dense) -> None:
         per_stream = pl.DataFrame(values).group_by("stream_name").len()["len"]
         assert per_stream.max() <= width // MIN_BUCKET_PIXELS
     assert len(dense.html.encode()) < 2_500_000
+
+
+def test_the_aggregated_charts_render_and_read_in_headless_chromium(
+    dense: Dense, tmp_path: Path
+) -> None:
+    from tests.reports.browser import offline_dom
+
+    dom = offline_dom(dense.page.as_uri(), tmp_path)
+    charts = dom.count('class="esw-chart"')
+    assert charts == 4 and dom.count('data-esw-rendered="true"') == charts
+    assert "data-esw-error" not in dom
+    # Bands and points have tooltips, none reads NaN; every small-multiple panel has marks.
+    tooltips = [int(n) for n in re.findall(r'data-esw-tooltips="(\d+)"', dom)]
+    assert len(tooltips) == charts and all(n > 0 for n in tooltips)
+    assert re.findall(r'data-esw-unreadable-tooltips="(\d+)"', dom) == ["0"] * charts
+    assert re.findall(r'data-esw-empty-panels="(\d+)"', dom) == ["0"] * charts
