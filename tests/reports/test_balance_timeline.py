@@ -19,6 +19,7 @@ from polars.testing import assert_frame_equal
 
 from esworkbench.errors import ConfigError
 from esworkbench.reports import balance_timeline as tl
+from esworkbench.reports.balance_timeline._report import _totals
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 MONEY = pl.Decimal(38, 2)
@@ -299,7 +300,7 @@ def test_bank_totals_equal_a_plain_sum_of_balances_as_of_each_period_end(
         return
 
     totals = tl.bank_totals(ledger, every="1d", since=since, until=until)
-    both = tl._totals(
+    both = _totals(
         ledger.with_columns(pl.col("balance").alias("recorded")),
         every="1d",
         since=since,
