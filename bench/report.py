@@ -98,6 +98,10 @@ def _breakdown(
         ("replay (esworkbench.fold)", stages.get("replay", 0.0)),
         ("report sections (balance_timeline)", stages.get("sections", 0.0)),
         ("rest of the report cell", report_cell - sum(stages.values())),
+    ]
+    if "replay" not in stages:  # a version of the report that did not time its stages
+        rows = [("report cell (read + replay + sections)", report_cell)]
+    rows += [
         ("chart cells (build + SVG in the kernel)", kinds["charts"]),
         ("table cells", kinds["tables"]),
         ("other cells (set-up, imports, describe)", kinds["other cells"]),
@@ -108,8 +112,8 @@ def _breakdown(
             total - timings["execute_seconds"] - timings["render_seconds"],
         ),
     ]
-    replay = stages.get("replay", 0.0)
-    rows.append(("total without the replay", total - replay))
+    if "replay" in stages:
+        rows.append(("total without the replay", total - stages["replay"]))
     return rows
 
 
