@@ -12,6 +12,8 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from esworkbench import charts
 
@@ -118,9 +120,11 @@ def test_plot_frame_casts_at_the_boundary() -> None:
 
 def test_max_points_decides_not_altairs_row_limit() -> None:
     frame = timeline_frame(streams=2, events=3_500)
-    spec = charts.balance_timeline(frame, max_points=8_000).to_dict()
+    spec = charts.balance_timeline(frame, bucket=None, max_points=8_000).to_dict()
     assert len(dataset(spec)) == 7_000
-    assert spec["title"] == "Balance after every event"  # nothing thinned
+    assert spec["title"] == "Balance after every event"  # one point per event, as asked
+    with pytest.raises(ValueError, match="max_points=5,000"):
+        charts.balance_timeline(frame, bucket=None)
 
 
 def test_pandas_frames_work_too() -> None:
@@ -128,16 +132,122 @@ def test_pandas_frames_work_too() -> None:
     assert len(dataset(spec)) == 15
 
 
-def test_a_large_timeline_is_thinned_and_says_so() -> None:
-    frame = timeline_frame(streams=4, events=300)
-    spec = charts.balance_timeline(frame, max_points=200).to_dict()
+def test_a_timeline_denser_than_the_pixels_is_aggregated_and_says_at_what_bucket() -> None:
+    # 2 streams of 1,000 events 5 hours apart (208 days) on a 760-pixel chart: under a pixel
+    # per event.
+    frame = timeline_frame(streams=2, events=1_000)
+    spec = charts.balance_timeline(frame).to_dict()
     values = dataset(spec)
-    assert 0 < len(values) <= 200
-    assert "thinned" in spec["title"]["subtitle"][0]
-    # The last event of each stream survives, so each line ends at the true final balance.
+    subtitle = " ".join(spec["title"]["subtitle"])
+    assert "Aggregated per day (1d)" in subtitle and "2,000 events" in subtitle
+    assert f"drawn as {len(values)} buckets" in subtitle
+    # Every bucket is the one named, and each stream's buckets hold all of its events.
+    assert {v["bucket_end"] - v["bucket_start"] for v in values} == {24 * 3600 * 1000}
+    assert sum(v["events"] for v in values) == frame.height
+    # The last bucket of each stream ends at the stream's true final balance.
     finals = frame.group_by("stream_name").agg(pl.col("balance").last().cast(pl.Float64))
     shown = {v["stream_name"]: v["balance"] for v in sorted(values, key=lambda v: v["occurred_at"])}
     assert shown == dict(finals.iter_rows())
+    # A band of lowest to highest balance per bucket, and hovering says what a bucket is.
+    assert [m["mark"]["type"] for m in spec["vconcat"][0]["layer"]] == ["rect", "line", "point"]
+    titles = [t["title"] for t in spec["vconcat"][0]["layer"][2]["encoding"]["tooltip"]]
+    assert titles[:7] == [
+        "stream",
+        "day from",
+        "to",
+        "events in it",
+        "lowest balance",
+        "highest balance",
+        "balance at its end",
+    ]
+    assert "last event: revision" in titles and "last event: position" in titles
+
+
+def test_a_sparse_timeline_keeps_one_point_per_event() -> None:
+    frame = timeline_frame(streams=3, events=100)  # 100 events per stream on 760 pixels
+    spec = charts.balance_timeline(frame).to_dict()
+    assert len(dataset(spec)) == 300 and spec["title"] == "Balance after every event"
+    # The small multiples' panels are 170 pixels wide: there, the same events are too dense.
+    facet = charts.balance_small_multiples(frame).to_dict()
+    assert "Aggregated per" in facet["title"]["subtitle"][0]
+    assert sum(v["events"] for v in dataset(facet)) == 300
+
+
+# Bucket lengths, and where their grid starts: Polars aligns days and hours to the Unix epoch
+# and weeks to Mondays (the first one after the epoch is 1970-01-05).
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+GRIDS = {
+    "1h": (timedelta(hours=1), EPOCH),
+    "6h": (timedelta(hours=6), EPOCH),
+    "1d": (timedelta(days=1), EPOCH),
+    "2d": (timedelta(days=2), EPOCH),
+    "1w": (timedelta(weeks=1), datetime(1970, 1, 5, tzinfo=UTC)),
+}
+
+
+def _plain_buckets(
+    rows: list[tuple[str, datetime, Decimal]], every: str
+) -> dict[tuple[str, datetime], tuple[int, Decimal, Decimal, Decimal]]:
+    """Per (stream, bucket start): events, low, high, last; a plain loop over every row.
+
+    Each stream's rows in time order (ties in frame order); low and high include the balance
+    carried into the bucket from the stream's previous row, as a step line through them shows.
+    """
+    length, origin = GRIDS[every]
+    out: dict[tuple[str, datetime], tuple[int, Decimal, Decimal, Decimal]] = {}
+    by_stream: dict[str, list[tuple[datetime, Decimal]]] = {}
+    for stream, moment, value in rows:
+        by_stream.setdefault(stream, []).append((moment, value))
+    for stream, items in by_stream.items():
+        carried: Decimal | None = None
+        for moment, value in sorted(items, key=lambda item: item[0]):  # stable: ties in order
+            key = (stream, origin + ((moment - origin) // length) * length)
+            if key in out:
+                n, low, high, _ = out[key]
+                out[key] = (n + 1, min(low, value), max(high, value), value)
+            else:
+                seen = [value] if carried is None else [value, carried]
+                out[key] = (1, min(seen), max(seen), value)
+            carried = value
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["user-a", "user-b", "user-c"]),
+            st.integers(min_value=0, max_value=20 * 24 * 60),  # minutes into 20 days
+            st.integers(min_value=-(10**6), max_value=10**6),  # cents
+        ),
+        min_size=1,
+        max_size=300,
+    ),
+    st.sampled_from(sorted(GRIDS)),
+)
+def test_buckets_equal_a_plain_loop_over_every_event(
+    raw: list[tuple[str, int, int]], every: str
+) -> None:
+    # Times out of order and tied, as back-dated events and batch writes make them.
+    rows = [(s, START + timedelta(minutes=m), Decimal(c).scaleb(-2)) for s, m, c in raw]
+    frame = pl.DataFrame(
+        {
+            "stream_name": [r[0] for r in rows],
+            "occurred_at": [r[1] for r in rows],
+            "balance": [r[2] for r in rows],
+        },
+        schema_overrides={"balance": pl.Decimal(38, 2)},
+    )
+
+    buckets = charts.bucket_timeline(frame, every)
+
+    got = {
+        (r["stream_name"], r["bucket_start"]): (r["events"], r["low"], r["high"], r["balance"])
+        for r in buckets.iter_rows(named=True)
+    }
+    assert got == _plain_buckets(rows, every)  # exact: Decimals compared as Decimals
+    assert buckets.schema["low"] == buckets.schema["balance"] == pl.Decimal(38, 2)
+    assert (buckets["bucket_end"] - buckets["bucket_start"]).unique().to_list() == [GRIDS[every][0]]
 
 
 def test_small_multiples_heatmap_and_bank_total_build() -> None:

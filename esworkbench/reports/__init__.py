@@ -27,12 +27,14 @@ from esworkbench.reports._parameters import (
 )
 from esworkbench.reports._record import (
     READ_MIME,
+    STAGES_MIME,
     URI_ENV,
     ReadRecord,
     read_recorded,
     reads_in_notebook,
     resolve_masked_uri,
     setup_notebook,
+    stages_in_notebook,
     sync_first,
     table,
 )
@@ -42,6 +44,7 @@ from esworkbench.reports._verify import VerifyResult, verify_manifest
 __all__ = [
     "NOTEBOOKS_DIR",
     "READ_MIME",
+    "STAGES_MIME",
     "URI_ENV",
     "ReadRecord",
     "ReportCellError",
@@ -59,6 +62,7 @@ __all__ = [
     "resolve_masked_uri",
     "run_report",
     "setup_notebook",
+    "stages_in_notebook",
     "sync_first",
     "table",
     "verify_manifest",

@@ -8,7 +8,11 @@ chart output loads Vega from one; a report must open with no network at all. So:
   previews), plus the spec as inline JSON;
 - one inline ``<script type="module">`` holds Vega, Vega-Lite and vega-embed (vl-convert's
   JavaScript bundle, ~0.9 MB, included once per page) and swaps every SVG for the interactive
-  chart (tooltips, brush zoom, legend selection), marking it ``data-esw-rendered="true"``;
+  chart (tooltips, brush zoom, legend selection), marking it ``data-esw-rendered="true"``; the
+  bundle is made once per vl-convert version and kept in ``~/.cache/esworkbench`` (or
+  ``$XDG_CACHE_HOME/esworkbench``), with a digest that is checked when it is read back;
+- HTML outputs (charts, tables) are placed after nbconvert has rewritten its page, so its
+  BeautifulSoup pass does not walk thousands of SVG elements and table cells;
 - a template derived from ``lab`` drops every CDN script (math in markdown stays as typed);
 - the result is scanned: any URL the page would fetch is an error, not a warning.
 """
@@ -16,7 +20,9 @@ chart output loads Vega from one; a report must open with no network at all. So:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from html.parser import HTMLParser
@@ -110,7 +116,7 @@ def render_html(
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(notebook), as_version=4)
-    versions = _replace_chart_outputs(nb)
+    slots, versions = _replace_chart_outputs(nb)
     if provenance is not None:
         nb.cells.append(nbformat.v4.new_markdown_cell(_provenance_markdown(provenance)))
     exporter = HTMLExporter(
@@ -125,7 +131,8 @@ def render_html(
     resources: dict[str, Any] = {"metadata": {"name": Path(notebook).stem}}
     if versions:
         resources["esw_vega_bundle"] = _vega_bundle(max(versions))
-    body, _ = exporter.from_notebook_node(nb, resources=resources)
+    page, _ = exporter.from_notebook_node(nb, resources=resources)
+    body = _fill_slots(page, slots)
     fetched = [u for kind, u in external_urls(body) if kind != "link"]
     if fetched:
         raise ReportError(
@@ -206,32 +213,79 @@ def _css_urls(css: str) -> list[str]:
     return re.findall(pattern, css, re.IGNORECASE)
 
 
-def _replace_chart_outputs(nb: Any) -> list[tuple[int, int]]:
-    """Swap each chart output for static SVG + spec; return the Vega-Lite versions seen."""
+# nbconvert parses and rewrites its whole page with BeautifulSoup, which takes seconds over a
+# chart's thousands of SVG elements or a table of every finding, and changes nothing in them.
+# So every HTML output (charts, tables) goes in as an empty slot, filled once nbconvert is done;
+# the finished page is still scanned whole for external URLs.
+_SLOT = '<div data-esw-slot="{}"></div>'
+_SLOTS = re.compile(r'<div data-esw-slot="(\d+)"></div>')
+# Output types nbconvert's HTML exporter displays rather than an output's text/html.
+_PREFERRED_TO_HTML = frozenset(
+    ("application/vnd.jupyter.widget-view+json", "application/javascript")
+)
+
+
+def _replace_chart_outputs(nb: Any) -> tuple[list[str], list[tuple[int, int]]]:
+    """Swap each HTML output for a slot; return each slot's markup and the versions seen.
+
+    A chart output's markup becomes its static SVG and its spec (see the module docstring).
+    """
+    slots: list[str] = []
     versions = []
     for cell in nb.cells:
         for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
             data = output.get("data", {})
             key = next((k for k in data if k.startswith(SPEC_MIME_PREFIX)), None)
             if key is None:
+                # Only where nbconvert shows the HTML (it prefers a widget or script output).
+                if "text/html" in data and not _PREFERRED_TO_HTML.intersection(data):
+                    slots.append(_joined(data["text/html"]))
+                    data["text/html"] = _SLOT.format(len(slots) - 1)
                 continue
             spec = data[key]
             version = _vl_version(spec)
             versions.append(version)
-            try:
-                svg = static_svg(spec)
-            except Exception as e:  # vl-convert raises plain ValueErrors on bad specs
-                raise ReportError(f"cannot render a chart of {cell.get('id', '?')}: {e}") from e
+            # The kernel drew this spec's SVG already (charts.enable_renderer); drawing it again
+            # here took as long as drawing it there.
+            svg = _joined(data.get("image/svg+xml"))
+            if not svg:
+                try:
+                    svg = static_svg(spec)
+                except Exception as e:  # vl-convert raises plain ValueErrors on bad specs
+                    raise ReportError(f"cannot render a chart of {cell.get('id', '?')}: {e}") from e
             spec_json = json.dumps(spec, separators=(",", ":")).replace("<", "\\u003c")
+            slots.append(
+                f'<div class="esw-chart"><div class="esw-chart-static">{svg}</div>'
+                f'<script type="application/json" class="esw-chart-spec">{spec_json}'
+                "</script></div>"
+            )
             output["data"] = {
-                "text/html": (
-                    f'<div class="esw-chart"><div class="esw-chart-static">{svg}</div>'
-                    f'<script type="application/json" class="esw-chart-spec">{spec_json}'
-                    "</script></div>"
-                ),
+                "text/html": _SLOT.format(len(slots) - 1),
                 "text/plain": data.get("text/plain", "<chart>"),
             }
-    return versions
+    return slots, versions
+
+
+def _fill_slots(page: str, slots: list[str]) -> str:
+    """The page with each slot replaced by its markup; every slot exactly once."""
+    filled: list[int] = []
+
+    def fill(match: re.Match[str]) -> str:
+        filled.append(int(match[1]))
+        return slots[int(match[1])]
+
+    body = _SLOTS.sub(fill, page)
+    if sorted(filled) != list(range(len(slots))):
+        raise ReportError(
+            f"the page holds output slots {sorted(filled)} for {len(slots)} output(s); "
+            "nbconvert changed the markup they are placed by"
+        )
+    return body
+
+
+def _joined(text: Any) -> str:
+    """A notebook's multi-line string (a str, or a list of lines as nbformat may store it)."""
+    return "".join(text) if isinstance(text, list) else str(text or "")
 
 
 def _vl_version(spec: Mapping[str, Any]) -> tuple[int, int]:
@@ -244,8 +298,41 @@ def _vl_version(spec: Mapping[str, Any]) -> tuple[int, int]:
 
 @functools.cache
 def _vega_bundle(version: tuple[int, int]) -> str:
+    """vl-convert's JavaScript bundle with the embed snippet, made once per version and kept.
+
+    Making it takes vl-convert a second or two, as long as the rest of a render; it depends
+    only on vl-convert's version, the Vega-Lite version and the snippet, so it is kept under
+    the user's cache directory by a digest of the three and made again when any changes (or
+    when the cache cannot be read or written).
+    """
+    from importlib import metadata
+
     import vl_convert as vlc
 
-    bundle: str = vlc.javascript_bundle(_EMBED_SNIPPET, vl_version=f"{version[0]}.{version[1]}")
+    vl_version = f"{version[0]}.{version[1]}"
+    key = f"{metadata.version('vl-convert-python')}\n{vl_version}\n{_EMBED_SNIPPET}"
+    kept = _cache_dir() / f"vega-bundle-{hashlib.sha256(key.encode()).hexdigest()[:24]}.js"
+    try:
+        text = kept.read_text(encoding="utf-8")
+        body, _, digest = text.rpartition("\n// sha256:")
+        if digest == hashlib.sha256(body.encode()).hexdigest():  # else damaged: make it again
+            return body
+    except OSError:
+        pass
+    bundle: str = vlc.javascript_bundle(_EMBED_SNIPPET, vl_version=vl_version)
     # An inline script ends at the first "</script" whatever the quotes; escape it in strings.
-    return re.sub(r"</(script)", r"<\\/\1", bundle, flags=re.IGNORECASE)
+    bundle = re.sub(r"</(script)", r"<\\/\1", bundle, flags=re.IGNORECASE)
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        partial = kept.with_name(f"{kept.name}.{os.getpid()}.partial")
+        digest = hashlib.sha256(bundle.encode()).hexdigest()
+        partial.write_text(f"{bundle}\n// sha256:{digest}", encoding="utf-8")
+        partial.replace(kept)  # whole or not at all, whoever renders at the same time
+    except OSError:
+        pass
+    return bundle
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "esworkbench"

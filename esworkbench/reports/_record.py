@@ -5,7 +5,9 @@ Runs inside the notebook's kernel: ``read_recorded`` reads the lake and returns 
 table for the reader), where the report runner, or anyone holding the executed notebook, finds
 it with ``reads_in_notebook``. Also the other calls a report notebook starts with:
 ``setup_notebook`` and ``sync_first`` (with ``resolve_masked_uri`` for URIs whose password the
-runner masked).
+runner masked). A notebook's objects may also display how long their stages took, as an output
+of type ``STAGES_MIME`` (seconds by stage); ``stages_in_notebook`` collects them for the
+manifest's timings.
 """
 
 from __future__ import annotations
@@ -30,17 +32,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "READ_MIME",
+    "STAGES_MIME",
     "URI_ENV",
     "ReadRecord",
     "read_recorded",
     "reads_in_notebook",
     "resolve_masked_uri",
     "setup_notebook",
+    "stages_in_notebook",
     "sync_first",
     "table",
 ]
 
 READ_MIME = "application/vnd.esworkbench.read+json"
+STAGES_MIME = "application/vnd.esworkbench.stages+json"
 URI_ENV = "ESWORKBENCH_ESDB_URI"
 _DATETIME_FILTERS = ("since", "until")
 _ESDB_URI = re.compile(r"^(esdb|kurrentdb)(\+discover)?://", re.IGNORECASE)
@@ -139,6 +144,24 @@ def reads_in_notebook(notebook: Mapping[str, Any]) -> list[ReadRecord]:
             data = output.get("data", {})
             if READ_MIME in data:
                 found.append(ReadRecord.from_json(data[READ_MIME]))
+    return found
+
+
+def stages_in_notebook(notebook: Mapping[str, Any]) -> dict[str, float]:
+    """Seconds by stage, from the ``STAGES_MIME`` outputs of an (executed) notebook.
+
+    A stage named in several outputs adds up.
+
+    Example:
+        >>> cell = {"cell_type": "code", "outputs": [{"data": {STAGES_MIME: {"replay": 1.5}}}]}
+        >>> stages_in_notebook({"cells": [cell, cell]})
+        {'replay': 3.0}
+    """
+    found: dict[str, float] = {}
+    for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            for stage, seconds in output.get("data", {}).get(STAGES_MIME, {}).items():
+                found[stage] = round(found.get(stage, 0.0) + float(seconds), 3)
     return found
 
 

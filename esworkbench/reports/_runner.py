@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -55,6 +56,7 @@ from esworkbench.reports._parameters import (
 from esworkbench.reports._record import (
     ReadRecord,
     reads_in_notebook,
+    stages_in_notebook,
 )
 from esworkbench.reports._verify import _sha256
 
@@ -198,6 +200,7 @@ def run_report(
                 str(source_nb),
                 str(executed),
                 parameters=injected,
+                engine_name=_save_at_end_engine(),
                 progress_bar=False,
                 log_output=False,
                 execution_timeout=timeout,
@@ -260,6 +263,8 @@ def run_report(
             "execute_seconds": round(t1 - t0, 3),
             "render_seconds": round(t2 - t1, 3),
             "cells": _cell_durations(nb_json),
+            # What the notebook's own objects timed inside their cells (e.g. read, replay).
+            "stages": stages_in_notebook(nb_json),
         },
         "outcome": outcome,
     }
@@ -278,6 +283,57 @@ def run_report(
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+_ENGINE = "esworkbench-save-at-end"
+
+
+@functools.cache
+def _save_at_end_engine() -> str:
+    """A papermill engine that writes the executed notebook once, when it ends (however).
+
+    Papermill's own engine writes the whole notebook at every cell's start and end, so that a
+    watcher sees progress; with charts and complete tables in it that is a few MB each time,
+    seconds in all, and nobody watches a scheduled report's file. This one writes it when the
+    run ends, whether every cell ran, one failed, the kernel died or a cell timed out (papermill
+    completes the notebook in a ``finally``), so a partial notebook is still kept.
+    """
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+
+    class SaveAtEnd(NotebookExecutionManager):  # type: ignore[misc]
+        def save(self, **kwargs: Any) -> None:
+            if self.end_time is not None:  # set by notebook_complete, just before it saves
+                super().save(**kwargs)
+
+    class Engine(NBClientEngine):  # type: ignore[misc]
+        @classmethod
+        def execute_notebook(
+            cls,
+            nb: Any,
+            kernel_name: str,
+            output_path: str | None = None,
+            progress_bar: bool = True,
+            log_output: bool = False,
+            autosave_cell_every: int = 30,
+            **kwargs: Any,
+        ) -> Any:
+            # papermill's Engine.execute_notebook, with the manager above.
+            manager = SaveAtEnd(
+                nb,
+                output_path=output_path,
+                progress_bar=progress_bar,
+                log_output=log_output,
+                autosave_cell_every=autosave_cell_every,
+            )
+            manager.notebook_start()
+            try:
+                cls.execute_managed_notebook(manager, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                manager.cleanup_pbar()
+                manager.notebook_complete()
+            return manager.nb
+
+    papermill_engines.register(_ENGINE, Engine)
+    return _ENGINE
 
 
 @contextlib.contextmanager

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -10,10 +13,13 @@ from typing import Any
 
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from esworkbench.errors import ConfigError
 from esworkbench.reports import balance_timeline as tl
+from esworkbench.reports.balance_timeline._report import _totals
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 MONEY = pl.Decimal(38, 2)
@@ -257,3 +263,187 @@ def test_a_scope_that_matches_nothing_renders_a_report_that_says_so(tmp_path: Pa
 
     assert result.ok
     assert "No events in the lake match this report" in result.html.read_text()
+
+
+# --- faithful under aggregation and speed-ups -------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c"]),
+            st.integers(min_value=0, max_value=10 * 24),  # hours into 10 days
+            st.integers(min_value=-(10**5), max_value=10**5),  # cents
+        ),
+        min_size=1,
+        max_size=120,
+    ),
+    st.sampled_from([(None, None), (30, 200), (0, 100), (100, None)]),
+)
+def test_bank_totals_equal_a_plain_sum_of_balances_as_of_each_period_end(
+    raw: list[tuple[str, int, int]], window_hours: tuple[int | None, int | None]
+) -> None:
+    # Given streams whose events carry business times out of revision order (back-dated,
+    # late-stamped, tied), when the bank totals are computed per period, then each period's
+    # total is the sum over streams of the balance after the highest revision that had happened
+    # strictly before the period's end, computed here by a plain loop.
+    revisions: dict[str, int] = {}
+    rows = []
+    for stream, hours, cents in raw:
+        revision = revisions.get(stream, 0)
+        revisions[stream] = revision + 1
+        rows.append((stream, revision, hours, f"{Decimal(cents).scaleb(-2):.2f}"))
+    ledger = frame(rows)
+    since, until = (T0 + timedelta(hours=h) if h is not None else None for h in window_hours)
+    if since is not None and until is not None and since >= until:
+        return
+
+    totals = tl.bank_totals(ledger, every="1d", since=since, until=until)
+    both = _totals(
+        ledger.with_columns(pl.col("balance").alias("recorded")),
+        every="1d",
+        since=since,
+        until=until,
+        value="balance",
+        recorded="recorded",
+    )
+
+    for period_end, total in zip(totals["period_end"], totals["total"], strict=True):
+        expected = Decimal("0.00")
+        for stream in revisions:
+            happened = [
+                r for r in rows if r[0] == stream and T0 + timedelta(hours=r[2]) < period_end
+            ]
+            if happened:
+                expected += Decimal(max(happened, key=lambda r: r[1])[3])
+        assert total == expected
+    assert both["total"].to_list() == totals["total"].to_list()
+    assert both["recorded_total"].to_list() == totals["total"].to_list()
+    assert set(both["drift_total"].to_list()) <= {Decimal("0.00")}
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A lake whose busiest accounts have more events than a chart has pixels, and its report."""
+
+    lake: Path
+    report: tl.BalanceReport
+    html: str
+    page: Path
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory: pytest.TempPathFactory) -> Dense:
+    from esworkbench import reports
+    from esworkbench.examples.bank.sample import generate
+    from esworkbench.lake import Lake, sync
+    from esworkbench.sources.files import TableSource
+
+    base = tmp_path_factory.mktemp("dense")
+    # 6 accounts over 900 days: ~700 events each, on a chart 760 pixels wide.
+    ledger = generate(users=6, seed=7, days=900).to_arrow()
+    lake = base / "lake.duckdb"
+    with Lake(lake) as opened:
+        sync(TableSource(ledger, name="ledger"), opened)
+    result = reports.run_report(
+        "balance_timeline", lake=lake, parameters={"top_n": 4}, out_dir=base / "reports"
+    )
+    return Dense(lake, tl.balance_report(lake, top_n=4), result.html.read_text(), result.html)
+
+
+def _chart_spec(html: str, title: str) -> dict[str, Any]:
+    specs = re.findall(r'<script[^>]*class="esw-chart-spec"[^>]*>(.*?)</script>', html, re.S)
+    for text in specs:
+        spec = json.loads(text)
+        heading = spec.get("title")
+        if (heading.get("text") if isinstance(heading, dict) else heading) == title:
+            return spec  # type: ignore[no-any-return]
+    raise AssertionError(f"no chart titled {title!r}")
+
+
+def test_a_dense_timeline_is_charted_per_bucket_and_each_bucket_is_the_events_in_it(
+    dense: Dense,
+) -> None:
+    spec = _chart_spec(dense.html, "Balance after every event")
+    subtitle = " ".join(spec["title"]["subtitle"])
+    every = re.search(r"Aggregated per [^(]+\((\w+)\)", subtitle)
+    assert every is not None, subtitle
+    (values,) = spec["datasets"].values()
+    assert len(values) < dense.report.timeline.height  # fewer points than events
+    # Each bucket, from a plain loop over every row of the charted timeline (business-time order
+    # per stream): its event count, the balance after its last event, and the lowest and highest
+    # balance held in it (including the one carried in).
+    # Polars aligns days to the Unix epoch and weeks to Mondays (1970-01-05 was the first).
+    epoch, monday = datetime(1970, 1, 1, tzinfo=UTC), datetime(1970, 1, 5, tzinfo=UTC)
+    grids = {"1d": (timedelta(days=1), epoch), "2d": (timedelta(days=2), epoch)}
+    grids |= {"3d": (timedelta(days=3), epoch), "1w": (timedelta(weeks=1), monday)}
+    length, origin = grids[every[1]]
+    expected: dict[tuple[str, datetime], list[Any]] = {}
+    carried: dict[str, Decimal] = {}
+    rows = dense.report.timeline.sort("stream_name", "occurred_at", maintain_order=True)
+    for row in rows.iter_rows(named=True):
+        stream, moment, balance = row["stream_name"], row["occurred_at"], row["balance"]
+        start = origin + ((moment - origin) // length) * length
+        seen = [balance] + ([carried[stream]] if stream in carried else [])
+        bucket = expected.setdefault((stream, start), [0, min(seen), max(seen), None])
+        bucket[0] += 1
+        bucket[1], bucket[2], bucket[3] = min(bucket[1], balance), max(bucket[2], balance), balance
+        carried[stream] = balance
+    shown = {
+        (v["stream_name"], datetime.fromtimestamp(v["bucket_start"] / 1000, UTC)): [
+            v["events"],
+            v["low"],
+            v["high"],
+            v["balance"],
+        ]
+        for v in values
+    }
+    # The chart holds floats (JSON has no decimal): the nearest float to each exact balance.
+    as_floats = {k: [n, float(lo), float(hi), float(x)] for k, (n, lo, hi, x) in expected.items()}
+    assert shown == as_floats
+    assert sum(v["events"] for v in values) == dense.report.timeline.height
+
+
+def test_every_finding_is_in_the_html_of_a_dense_report(dense: Dense) -> None:
+    findings = dense.report.findings
+    assert findings.height > 0 and findings["kind"].n_unique() >= 4
+    tables = re.findall(r'<div[^>]*class="ewb-table".*?</tbody></table></div>', dense.html, re.S)
+    (listed,) = [t for t in tables if "<th>evidence</th>" in t]
+    rows = re.findall(r"<tr>(.*?)</tr>", listed.split("<tbody>")[1], re.S)
+    assert len(rows) == findings.height
+    for finding, row in zip(findings.iter_rows(named=True), rows, strict=True):
+        for column in ("rule", "kind", "stream_name", "event_id"):
+            assert f">{html.escape(str(finding[column]))}</td>" in row
+        assert f"<td>{finding['commit_position']}</td>" in row
+
+
+def test_a_dense_report_stays_small(dense: Dense) -> None:
+    from esworkbench.charts import MIN_BUCKET_PIXELS
+
+    # Charts embed buckets, not events: at most one point per stream per few pixels of width,
+    # whatever the number of events behind them; the page is then the Vega bundle (~0.9 MB),
+    # nbconvert's page, the tables and charts bounded by their pixels (~1.9 MB here).
+    for title, width in (("Balance after every event", 760), ("Balance per stream", 170)):
+        spec = _chart_spec(dense.html, title)
+        assert "Aggregated per" in spec["title"]["subtitle"][0]
+        (values,) = spec["datasets"].values()
+        per_stream = pl.DataFrame(values).group_by("stream_name").len()["len"]
+        assert per_stream.max() <= width // MIN_BUCKET_PIXELS
+    assert len(dense.html.encode()) < 2_500_000
+
+
+def test_the_aggregated_charts_render_and_read_in_headless_chromium(
+    dense: Dense, tmp_path: Path
+) -> None:
+    from tests.reports.browser import offline_dom
+
+    dom = offline_dom(dense.page.as_uri(), tmp_path)
+    charts = dom.count('class="esw-chart"')
+    assert charts == 4 and dom.count('data-esw-rendered="true"') == charts
+    assert "data-esw-error" not in dom
+    # Bands and points have tooltips, none reads NaN; every small-multiple panel has marks.
+    tooltips = [int(n) for n in re.findall(r'data-esw-tooltips="(\d+)"', dom)]
+    assert len(tooltips) == charts and all(n > 0 for n in tooltips)
+    assert re.findall(r'data-esw-unreadable-tooltips="(\d+)"', dom) == ["0"] * charts
+    assert re.findall(r'data-esw-empty-panels="(\d+)"', dom) == ["0"] * charts

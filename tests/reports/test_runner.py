@@ -104,6 +104,8 @@ def test_the_manifest_pins_what_was_read(scene: Scene) -> None:
         m["versions"]
     )
     assert m["timings"]["execute_seconds"] > 0 and m["timings"]["cells"]
+    # The report object timed its own stages inside its cell; the manifest keeps them apart.
+    assert set(m["timings"]["stages"]) == {"read", "replay", "sections"}
     assert m["outcome"] == {"status": "ok"}
 
 
@@ -321,7 +323,11 @@ def test_render_refuses_html_that_would_fetch_a_url(tmp_path: Path) -> None:
     with alt.renderers.enable("default"):
         bundle = chart._repr_mimebundle_()
     data = bundle[0] if isinstance(bundle, tuple) else bundle
-    nb = nbformat.v4.new_notebook()
+    nb = nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        }
+    )
     nb.cells = [
         nbformat.v4.new_code_cell(
             "chart", outputs=[nbformat.v4.new_output("display_data", data=data)]
@@ -453,3 +459,76 @@ def test_charts_render_in_plain_nbconvert_with_no_network(tmp_path: Path) -> Non
     svg = base64.b64decode(images[0]).decode()
     assert svg.startswith("<svg") and svg.count("<path") > 10
     assert "http" not in re.sub(r'xmlns(:\w+)?="[^"]*"', "", svg)  # nothing it would fetch
+
+
+def test_a_cell_that_times_out_still_leaves_the_partial_notebook(tmp_path: Path) -> None:
+    # The runner writes the executed notebook once, when the run ends; a run cut short by a
+    # timeout (or a dead kernel) still ends, and keeps what ran.
+    nb = nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        }
+    )
+    nb.cells = [
+        nbformat.v4.new_code_cell('lake = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('print("first cell ran")'),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(60)"),
+    ]
+    source = tmp_path / "slow.ipynb"
+    nbformat.write(nb, source)
+
+    with pytest.raises(ReportError, match="timeout"):
+        reports.run_report(str(source), lake="unused", out_dir=tmp_path / "out", timeout=3)
+
+    (directory,) = (tmp_path / "out" / "slow").iterdir()
+    executed = nbformat.read(directory / "slow.ipynb", as_version=4)
+    assert "first cell ran" in executed.cells[2].outputs[0]["text"]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["outcome"]["status"] == "failed"
+    assert (directory / "slow.html").exists()
+
+
+def test_html_outputs_are_placed_whole_and_script_outputs_left_to_nbconvert(
+    tmp_path: Path,
+) -> None:
+    # HTML outputs skip nbconvert's rewrite (placed into the finished page); an output that
+    # nbconvert shows as a script instead of its HTML keeps nbconvert's choice.
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("shown()")
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data", data={"text/html": "<table><tr><td>kept whole</td></tr></table>"}
+        ),
+        nbformat.v4.new_output(
+            "display_data",
+            data={"application/javascript": "console.log('ran')", "text/html": "<b>not shown</b>"},
+        ),
+    ]
+    nb.cells = [cell]
+    source = tmp_path / "outputs.ipynb"
+    nbformat.write(nb, source)
+
+    page = reports.render_html(source, tmp_path / "outputs.html").read_text()
+
+    assert page.count("<table><tr><td>kept whole</td></tr></table>") == 1
+    assert "console.log('ran')" in page and "not shown" not in page
+    assert "data-esw-slot" not in page
+
+
+def test_the_vega_bundle_is_kept_between_runs_and_remade_when_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from esworkbench.reports import _html
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _html._vega_bundle.cache_clear()
+    made = _html._vega_bundle((6, 4))
+    (kept,) = (tmp_path / "esworkbench").glob("vega-bundle-*.js")
+    assert "eswRendered" in made and kept.read_text().startswith(made)
+
+    kept.write_text(made[: len(made) // 2] + kept.read_text()[len(made) :])  # cut short
+    _html._vega_bundle.cache_clear()
+    assert _html._vega_bundle((6, 4)) == made  # the damaged copy was not used
+    _html._vega_bundle.cache_clear()
+    assert _html._vega_bundle((6, 4)) == made  # and was made again whole
+    _html._vega_bundle.cache_clear()
