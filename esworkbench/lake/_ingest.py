@@ -118,7 +118,8 @@ FROM checked
 -- the shape (which merges duplicates; with arrays, whose elements it also merges, only the
 -- top level is compared here and `_NESTED_DUPLICATES` does the rest); and a shape deeper than
 -- allowed (the text's brackets too where the shape merged mixed values into "JSON"). CASE
--- keeps the JSON functions away from rows that are not valid JSON.
+-- keeps the JSON functions away from rows that are not valid JSON. Counts are in bytes
+-- (strlen): what is counted is ASCII, and bytes need no UTF-8 scan.
 SELECT *,
     CASE WHEN reason IS NULL AND NOT redelivered THEN
         regexp_matches(data_text, '{suspect}')
@@ -126,17 +127,18 @@ SELECT *,
             AND regexp_matches(data_text, '{suspect_number}'))
         OR CASE WHEN contains(st, '[')
                 THEN len(json_keys(data_text)) <> len(json_keys(st))
-                ELSE length(data_text) - length(replace(data_text, '":', ''))
-                     <> length(st) - length(replace(st, '":', '')) END
-        OR length(st) - length(replace(replace(st, '{{', ''), '[', '')) > {max_depth}
+                ELSE strlen(data_text) - strlen(replace(data_text, '":', ''))
+                     <> strlen(st) - strlen(replace(st, '":', '')) END
+        OR strlen(st) - strlen(replace(replace(st, '{{', ''), '[', '')) > {max_depth}
         OR (contains(st, '"JSON"')
-            AND length(data_text) - length(replace(replace(data_text, '{{', ''), '[', ''))
+            AND strlen(data_text) - strlen(replace(replace(data_text, '{{', ''), '[', ''))
                 > {max_depth})
     ELSE false END AS suspect,
     CASE WHEN reason IS NULL AND NOT redelivered
          THEN contains(st, '[') AND strpos(substr(st, 2), '{{') > 0 ELSE false END AS nested,
-    CASE WHEN reason IS NULL AND NOT redelivered
-         THEN json_type(data_text) <> 'OBJECT' ELSE false END AS untyped,
+    CASE WHEN reason IS NULL AND NOT redelivered  -- a shape that opens with '{{' is an object
+         THEN NOT starts_with(st, '{{') AND json_type(data_text) <> 'OBJECT'
+         ELSE false END AS untyped,
     m, coalesce(try_cast(m['{occurred_at_key}'] AS TIMESTAMPTZ), created) AS occurred
 FROM (SELECT *, CASE WHEN data_state = 1 THEN json_structure(data_text) END AS st,
              -- the metadata's derived columns, from one parse (`_INSERT_EVENTS`, `_OCCURRED_FLAGS`)
@@ -193,11 +195,12 @@ SELECT commit_position, id::VARCHAR, stream_name, event_type, created,
        ?, ?, now()
 FROM _staged
 WHERE {_NEW}
-  AND (NOT ({_PLAUSIBLE})
-       OR (occurred = created AND contains(meta_text, '{OCCURRED_AT_KEY}')
-           AND json_extract_string(meta_text, '$.{OCCURRED_AT_KEY}') IS NOT NULL
-           AND try_cast(json_extract_string(meta_text, '$.{OCCURRED_AT_KEY}')
-                        AS TIMESTAMPTZ) IS NULL))
+  AND CASE WHEN NOT {_PLAUSIBLE} THEN true
+           WHEN occurred <> created THEN false  -- CASE: only the few rows left parse again
+           ELSE contains(meta_text, '{OCCURRED_AT_KEY}')
+                AND json_extract_string(meta_text, '$.{OCCURRED_AT_KEY}') IS NOT NULL
+                AND try_cast(json_extract_string(meta_text, '$.{OCCURRED_AT_KEY}')
+                             AS TIMESTAMPTZ) IS NULL END
 """
 
 _INSERT_SHAPE_FLAGS = """
