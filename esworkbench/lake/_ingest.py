@@ -136,9 +136,9 @@ SELECT *,
     ELSE false END AS suspect,
     CASE WHEN reason IS NULL AND NOT redelivered
          THEN contains(st, '[') AND strpos(substr(st, 2), '{{') > 0 ELSE false END AS nested,
-    CASE WHEN reason IS NULL AND NOT redelivered  -- a shape that opens with '{{' is an object
-         THEN NOT starts_with(st, '{{') AND json_type(data_text) <> 'OBJECT'
-         ELSE false END AS untyped,
+    CASE WHEN reason IS NOT NULL OR redelivered THEN false
+         WHEN starts_with(st, '{{') THEN false  -- the shape of an object: no need to parse
+         ELSE json_type(data_text) <> 'OBJECT' END AS untyped,
     m, coalesce(try_cast(m['{occurred_at_key}'] AS TIMESTAMPTZ), created) AS occurred
 FROM (SELECT *, CASE WHEN data_state = 1 THEN json_structure(data_text) END AS st,
              -- the metadata's derived columns, from one parse (`_INSERT_EVENTS`, `_OCCURRED_FLAGS`)
