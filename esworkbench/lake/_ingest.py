@@ -193,14 +193,12 @@ SELECT commit_position, id::VARCHAR, stream_name, event_type, created,
                  || '): more than a year after it or 100 years before it' END
        || '; occurred_at holds created instead',
        ?, ?, now()
-FROM _staged
-WHERE {_NEW}
-  AND CASE WHEN NOT {_PLAUSIBLE} THEN true
-           WHEN occurred <> created THEN false  -- CASE: only the few rows left parse again
-           ELSE contains(meta_text, '{OCCURRED_AT_KEY}')
-                AND json_extract_string(meta_text, '$.{OCCURRED_AT_KEY}') IS NOT NULL
-                AND try_cast(json_extract_string(meta_text, '$.{OCCURRED_AT_KEY}')
-                             AS TIMESTAMPTZ) IS NULL END
+FROM (SELECT *,  -- the value as written, read (once) only where occurred_at fell back
+             CASE WHEN occurred = created AND contains(meta_text, '{OCCURRED_AT_KEY}')
+                  THEN json_extract_string(meta_text, '$.{OCCURRED_AT_KEY}') END AS written
+      FROM _staged WHERE {_NEW})
+WHERE CASE WHEN NOT {_PLAUSIBLE} THEN true
+           ELSE written IS NOT NULL AND try_cast(written AS TIMESTAMPTZ) IS NULL END
 """
 
 _INSERT_SHAPE_FLAGS = """
