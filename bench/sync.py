@@ -29,6 +29,7 @@ Prints figures, asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -36,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +221,9 @@ def bench(events: int, readers: list[str], batch_size: int, workdir: Path) -> No
             server.kill()
 
 
-def archive_bench(lake_path: Path, workdir: Path, batch_size: int | None) -> None:
+def archive_bench(
+    lake_path: Path, workdir: Path, batch_size: int | None, *, profile: bool = False
+) -> None:
     """Sync archives of `lake_path` into fresh lakes, beside DuckDB reading them directly."""
     import duckdb
 
@@ -252,7 +256,7 @@ def archive_bench(lake_path: Path, workdir: Path, batch_size: int | None) -> Non
         direct = (time.perf_counter() - t0, _cpu() - cpu0)
         _remove_lake(target)
         cpu0, t0 = _cpu(), time.perf_counter()
-        with Lake(target) as new:
+        with Lake(target) as new, _statement_profile(profile) as statements:
             result = sync(open_archive(path), new, batch_size=batch_size)
         synced = (time.perf_counter() - t0, _cpu() - cpu0)
         n = result.events + result.rejected
@@ -273,7 +277,45 @@ def archive_bench(lake_path: Path, workdir: Path, batch_size: int | None) -> Non
             + ", ".join(f"{k} {v / n * 1e6:.2f}" for k, v in result.timings.items()),
         )
         print(f"    sync / DuckDB time: {synced[0] / direct[0]:.2f}x wall", flush=True)
+        for sql, (calls, seconds) in sorted(statements.items(), key=lambda kv: -kv[1][1])[:12]:
+            print(f"      {seconds / n * 1e6:6.3f} us/event {calls:4d}x  {sql}")
     print(f"load average after: {_load()}")
+
+
+@contextlib.contextmanager
+def _statement_profile(on: bool) -> Iterator[dict[str, list[Any]]]:
+    """CPU seconds per SQL statement of the ingest (the calling thread's), when `on`.
+
+    Wraps the lake's `q` / `rows` helpers where the ingest and the writer call them; the
+    typed-view queries (`_views`, which call DuckDB directly) show as the phase "views" only.
+    """
+    from esworkbench.lake import _ingest, _writer
+
+    found: dict[str, list[Any]] = {}
+    if not on:
+        yield found
+        return
+
+    def timed(run: Any) -> Any:
+        def wrapper(con: Any, sql: str, params: Any = None) -> Any:
+            started = time.thread_time()
+            try:
+                return run(con, sql, params)
+            finally:
+                entry = found.setdefault(" ".join(sql.split())[:80], [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.thread_time() - started
+
+        return wrapper
+
+    saved = [(m, m.q, m.rows) for m in (_ingest, _writer)]
+    for module, q, rows in saved:
+        module.q, module.rows = timed(q), timed(rows)
+    try:
+        yield found
+    finally:
+        for module, q, rows in saved:
+            module.q, module.rows = q, rows
 
 
 # The archive_line format, typed as the sync types it (DuckDB would otherwise sample the file).
@@ -320,6 +362,9 @@ def main() -> None:
     parser.add_argument(
         "--archive-lake", type=Path, default=HERE / "out" / "fold-1100u-365d-s1.duckdb"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="with --archive: CPU per SQL statement of the ingest"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -332,7 +377,7 @@ def main() -> None:
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.archive:  # the sync's own default unless --batch-size says otherwise
-        archive_bench(args.archive_lake, args.workdir, args.batch_size)
+        archive_bench(args.archive_lake, args.workdir, args.batch_size, profile=args.profile)
         return
     if args.batch_size is None:
         from esworkbench.lake import DEFAULT_BATCH_SIZE

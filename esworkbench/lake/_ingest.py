@@ -118,7 +118,8 @@ FROM checked
 -- the shape (which merges duplicates; with arrays, whose elements it also merges, only the
 -- top level is compared here and `_NESTED_DUPLICATES` does the rest); and a shape deeper than
 -- allowed (the text's brackets too where the shape merged mixed values into "JSON"). CASE
--- keeps the JSON functions away from rows that are not valid JSON.
+-- keeps the JSON functions away from rows that are not valid JSON. Counts are in bytes
+-- (strlen): what is counted is ASCII, and bytes need no UTF-8 scan.
 SELECT *,
     CASE WHEN reason IS NULL AND NOT redelivered THEN
         regexp_matches(data_text, '{suspect}')
@@ -126,22 +127,27 @@ SELECT *,
             AND regexp_matches(data_text, '{suspect_number}'))
         OR CASE WHEN contains(st, '[')
                 THEN len(json_keys(data_text)) <> len(json_keys(st))
-                ELSE length(data_text) - length(replace(data_text, '":', ''))
-                     <> length(st) - length(replace(st, '":', '')) END
-        OR length(st) - length(replace(replace(st, '{{', ''), '[', '')) > {max_depth}
+                ELSE strlen(data_text) - strlen(replace(data_text, '":', ''))
+                     <> strlen(st) - strlen(replace(st, '":', '')) END
+        OR strlen(st) - strlen(replace(replace(st, '{{', ''), '[', '')) > {max_depth}
         OR (contains(st, '"JSON"')
-            AND length(data_text) - length(replace(replace(data_text, '{{', ''), '[', ''))
+            AND strlen(data_text) - strlen(replace(replace(data_text, '{{', ''), '[', ''))
                 > {max_depth})
     ELSE false END AS suspect,
     CASE WHEN reason IS NULL AND NOT redelivered
          THEN contains(st, '[') AND strpos(substr(st, 2), '{{') > 0 ELSE false END AS nested,
-    CASE WHEN reason IS NULL AND NOT redelivered
-         THEN json_type(data_text) <> 'OBJECT' ELSE false END AS untyped
-FROM (SELECT *, CASE WHEN data_state = 1 THEN json_structure(data_text) END AS st
+    CASE WHEN reason IS NOT NULL OR redelivered THEN false
+         WHEN starts_with(st, '{{') THEN false  -- the shape of an object: no need to parse
+         ELSE json_type(data_text) <> 'OBJECT' END AS untyped,
+    m, coalesce(try_cast(m['{occurred_at_key}'] AS TIMESTAMPTZ), created) AS occurred
+FROM (SELECT *, CASE WHEN data_state = 1 THEN json_structure(data_text) END AS st,
+             -- the metadata's derived columns, from one parse (`_INSERT_EVENTS`, `_OCCURRED_FLAGS`)
+             CASE WHEN reason IS NULL AND NOT redelivered
+                  THEN try(json_transform(meta_text, '{meta_fields}')) END AS m
       FROM decided)
 """
 
-# The derived columns come from one parse of the metadata.
+# The metadata's derived columns, parsed once in `_STAGE_SQL` (`m`).
 _META_FIELDS = json.dumps(
     {OCCURRED_AT_KEY: "VARCHAR", "$correlationId": "VARCHAR", "$causationId": "VARCHAR"}
 )
@@ -152,39 +158,47 @@ _IN_BATCH = (
 )
 _NO_REPEATS = "SELECT NULL::UUID AS id, NULL::UBIGINT AS first_position WHERE false"
 
-# occurred_at is the metadata's occurredAt when it parses, else `created`; implausible ones are
-# then set to `created` too (few rows: an UPDATE, so the common path parses each value once).
-# `_OCCURRED_FLAGS` finds both kinds among the batch's new events, cheaply: an implausible value
-# shows in occurred_at itself, and an unparsable one left occurred_at equal to `created`.
+# occurred_at is the metadata's occurredAt when it parses (`occurred` in `_staged`, else
+# `created`), and `created` too when it is implausible. `_OCCURRED_FLAGS` flags both kinds among
+# the batch's new events: an implausible value shows in `occurred` itself, and an unparsable one
+# left `occurred` equal to `created`. Both read `_staged`, not the rows just inserted: the
+# batch's new events are exactly its rows without a reason that are not re-deliveries.
+_NEW = "reason IS NULL AND NOT redelivered"
+# Calendar arithmetic on TIMESTAMPTZ goes through ICU (about 0.5 us a row), so the exact test
+# only runs where a plain difference of microseconds cannot settle it: within 364 days after
+# or 36,400 days before `created` is inside the calendar bounds in any time zone.
+_PLAUSIBLE = f"""(CASE
+    WHEN epoch_us(occurred) - epoch_us(created) BETWEEN -36400 * 86400000000 AND 364 * 86400000000
+    THEN true
+    ELSE occurred BETWEEN created - {_OCCURRED_BEFORE_CREATED}
+                      AND created + {_OCCURRED_AFTER_CREATED}
+END)"""
 _INSERT_EVENTS = f"""
 INSERT INTO events
 SELECT commit_position, prepare_position, stream_name, stream_revision, id, event_type,
        created, content_type, data_text, meta_text, split_part(stream_name, '-', 1),
-       coalesce(try_cast(m['{OCCURRED_AT_KEY}'] AS TIMESTAMPTZ), created),
+       CASE WHEN {_PLAUSIBLE} THEN occurred ELSE created END,
        m['$correlationId'], m['$causationId']
-FROM (SELECT *, try(json_transform(meta_text, '{_META_FIELDS}')) AS m FROM _staged
-      WHERE reason IS NULL AND NOT redelivered)
+FROM _staged WHERE {_NEW}
 """
-_PLAUSIBLE = f"BETWEEN created - {_OCCURRED_BEFORE_CREATED} AND created + {_OCCURRED_AFTER_CREATED}"
 _OCCURRED_FLAGS = f"""
-CREATE OR REPLACE TEMP TABLE _occurred AS
-SELECT commit_position, event_id::VARCHAR AS event_id, stream_name, event_type, created,
-       CASE WHEN occurred_at {_PLAUSIBLE} THEN 'occurred_at_invalid'
-            ELSE 'occurred_at_implausible' END AS flag,
-       'occurredAt ' || to_json(json_extract_string(metadata, '$.{OCCURRED_AT_KEY}'))
-       || CASE WHEN occurred_at {_PLAUSIBLE} THEN ' is not an ISO 8601 timestamp'
+INSERT INTO _flags
+SELECT commit_position, id::VARCHAR, stream_name, event_type, created,
+       CASE WHEN {_PLAUSIBLE} THEN 'occurred_at_invalid'
+            ELSE 'occurred_at_implausible' END,
+       'occurredAt ' || to_json(json_extract_string(meta_text, '$.{OCCURRED_AT_KEY}'))
+       || CASE WHEN {_PLAUSIBLE} THEN ' is not an ISO 8601 timestamp'
             ELSE ' lies implausibly far from created ('
                  || strftime(created, '%Y-%m-%dT%H:%M:%SZ')
                  || '): more than a year after it or 100 years before it' END
-       || '; occurred_at holds created instead' AS detail
-FROM events
-WHERE commit_position BETWEEN ? AND ?
-  AND (NOT (occurred_at {_PLAUSIBLE})
-       OR (occurred_at = created AND contains(metadata, '{OCCURRED_AT_KEY}')
-           AND json_extract_string(metadata, '$.{OCCURRED_AT_KEY}') IS NOT NULL
-           AND try_cast(json_extract_string(metadata, '$.{OCCURRED_AT_KEY}')
-                        AS TIMESTAMPTZ) IS NULL))
-  AND event_id IN (SELECT id FROM _staged WHERE reason IS NULL AND NOT redelivered)
+       || '; occurred_at holds created instead',
+       ?, ?, now()
+FROM (SELECT *,  -- the value as written, read (once) only where occurred_at fell back
+             CASE WHEN occurred = created AND contains(meta_text, '{OCCURRED_AT_KEY}')
+                  THEN json_extract_string(meta_text, '$.{OCCURRED_AT_KEY}') END AS written
+      FROM _staged WHERE {_NEW})
+WHERE CASE WHEN NOT {_PLAUSIBLE} THEN true
+           ELSE written IS NOT NULL AND try_cast(written AS TIMESTAMPTZ) IS NULL END
 """
 
 _INSERT_SHAPE_FLAGS = """
@@ -280,22 +294,7 @@ def _insert_flags(
 ) -> None:
     """Record the flags of the batch's new events in `_flags`."""
     q(con, _INSERT_SHAPE_FLAGS, [source_key, run_id])
-    q(
-        con,
-        _OCCURRED_FLAGS,
-        rows(
-            con,
-            "SELECT min(commit_position), max(commit_position) FROM _staged "
-            "WHERE reason IS NULL AND NOT redelivered",
-        )[0],
-    )
-    q(
-        con,
-        "UPDATE events SET occurred_at = events.created FROM _occurred o "
-        "WHERE o.flag = 'occurred_at_implausible' AND events.event_id = o.event_id::UUID",
-    )
-    q(con, "INSERT INTO _flags SELECT *, ?, ?, now() FROM _occurred", [source_key, run_id])
-    q(con, "DROP TABLE _occurred")
+    q(con, _OCCURRED_FLAGS, [source_key, run_id])
     if found:
         _run_with_rows(
             con,
@@ -407,6 +406,8 @@ def ingest_batch(
                         suspect=_payloads.SUSPECT_REGEX,
                         suspect_number=_payloads.SUSPECT_NUMBER_REGEX,
                         max_depth=_payloads.MAX_DEPTH,
+                        meta_fields=_META_FIELDS,
+                        occurred_at_key=OCCURRED_AT_KEY,
                     ),
                 )
                 q(con, _NESTED_DUPLICATES)

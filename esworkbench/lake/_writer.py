@@ -27,6 +27,8 @@ __all__ = ["LakeWriter", "read_anchor", "read_checkpoint"]
 # DuckDB's row group size: a checkpoint per this many new rows writes each group about once.
 _ROW_GROUP_SIZE = 122_880
 _SYNC_CHECKPOINT_THRESHOLD = "1GB"
+# Set for the commit of a batch that completes a row group, so that the commit checkpoints.
+_COMMIT_CHECKPOINT_THRESHOLD = "1KB"
 # DuckDB's memory during a sync: enough for a row group awaiting its checkpoint and a batch
 # being decoded, whatever the size of the lake.
 _SYNC_MEMORY_FLOOR = 256 * 2**20
@@ -168,6 +170,15 @@ class LakeWriter:
         raised = self._saved is not None and needed > _megabytes(self._sync_memory) * 2**20
         if raised:  # events as large as the server accepts must fit, or no sync gets past them
             q(self._con, f"SET memory_limit = '{needed // 2**20 + 1}MB'")
+        # A batch that completes a row group is checkpointed by its own COMMIT: DuckDB then
+        # writes its rows compressed into the file and skips logging them to the WAL first
+        # (a large commit that triggers a checkpoint skips the WAL), which saves writing them
+        # twice. `_flush` still runs, and finds little or nothing left to do.
+        at_commit = self._saved is not None and (
+            self._unflushed + events.num_rows >= _ROW_GROUP_SIZE
+        )
+        if at_commit:
+            q(self._con, f"SET checkpoint_threshold = '{_COMMIT_CHECKPOINT_THRESHOLD}'")
         try:
             counts = _ingest.ingest_batch(
                 self._con,
@@ -181,6 +192,8 @@ class LakeWriter:
         finally:
             if raised:
                 q(self._con, f"SET memory_limit = '{self._sync_memory}'")
+            if at_commit:
+                q(self._con, f"SET checkpoint_threshold = '{_SYNC_CHECKPOINT_THRESHOLD}'")
         self._unflushed += counts.events + counts.rejected
         if self._unflushed >= _ROW_GROUP_SIZE:
             self._flush()

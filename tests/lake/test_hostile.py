@@ -150,6 +150,39 @@ def test_an_unbelievable_occurred_at_is_flagged_not_silently_replaced(
         assert json.dumps(occurred) in flags["detail"][0]
 
 
+def _years(t: datetime, years: int) -> datetime:
+    """`t` moved by whole calendar years (29 February becomes 28 February), as SQL does."""
+    try:
+        return t.replace(year=t.year + years)
+    except ValueError:
+        return t.replace(year=t.year + years, day=28)
+
+
+@pytest.mark.parametrize("created", [datetime(2024, 2, 29, 12, tzinfo=UTC), _T0])
+def test_occurred_at_near_the_plausible_bounds_is_judged_by_the_calendar(
+    lake: Lake, created: datetime
+) -> None:
+    # The ingest settles most values by a difference in microseconds and only the rest by
+    # calendar arithmetic; around the bounds (a year after, 100 years before, leap days
+    # included) the flags must still follow the calendar, computed here in Python.
+    late, early = _years(created, 1), _years(created, -100)
+    offsets = [timedelta(days=d) for d in (-2, -1, 0, 1, 2)] + [timedelta(microseconds=1)]
+    values = [b + o for b in (late, early) for o in offsets] + [
+        created + timedelta(days=d) for d in (363, 364, 365, 366, -36400, -36500, -36524, -36525)
+    ]
+    events = []
+    for i, value in enumerate(values):
+        e = raw(i, b'{"a":1}', metadata=json.dumps({"occurredAt": value.isoformat()}).encode())
+        events.append({**e, "created": created})
+    sync(table(events), lake)
+    got = {r["commit_position"]: r["flag"] for r in lake.read_flags().to_dicts()}
+    occurred = {r["commit_position"]: r["occurred_at"] for r in lake.read_events().to_dicts()}
+    for i, value in enumerate(values):
+        plausible = early <= value <= late
+        assert got.get(i) == (None if plausible else "occurred_at_implausible"), value
+        assert occurred[i] == (value if plausible else created), value
+
+
 # -- random hostile payloads among ordinary ones ----------------------------------------------
 
 _json_values = st.recursive(

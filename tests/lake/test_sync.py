@@ -20,7 +20,7 @@ from polars.testing import assert_frame_equal
 
 from esworkbench.errors import SourceError
 from esworkbench.examples.bank.sample import write_archive
-from esworkbench.lake import Lake, SyncInterrupted, TqdmProgress, sync
+from esworkbench.lake import Lake, SyncInterrupted, TqdmProgress, _writer, sync
 from esworkbench.sources import SourceBatch
 from esworkbench.sources.files import TableSource, open_archive
 
@@ -73,6 +73,27 @@ def test_interrupted_anywhere_then_resumed_is_one_clean_sync(
         second = sync(source, lake, batch_size=resume_batch_size)
         assert second.outcome == "ok" and second.from_position == first.to_position
         assert first.events + second.events + first.rejected + second.rejected == len(small_ledger)
+        assert_same_tables(tables(lake), clean)
+
+
+@pytest.mark.parametrize(("batch_size", "stop_after"), [(50, 1), (50, 3), (130, 2), (333, 1)])
+def test_commits_that_checkpoint_then_an_interruption_resume_as_one_clean_sync(
+    tmp_path: Path,
+    small_ledger: Any,
+    clean: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    batch_size: int,
+    stop_after: int,
+) -> None:
+    # A batch that completes a row group is checkpointed by its own COMMIT (no WAL). With a
+    # tiny row group, most commits here do that, in every position relative to the stop.
+    monkeypatch.setattr(_writer, "_ROW_GROUP_SIZE", 120)
+    source = TableSource(small_ledger.to_arrow(), name="ledger")
+    with Lake(tmp_path / "l.duckdb") as lake:
+        first = sync(source, lake, batch_size=batch_size, stop_after_batches=stop_after)
+        assert first.outcome == "stopped"
+    with Lake(tmp_path / "l.duckdb") as lake:
+        assert sync(source, lake, batch_size=batch_size).outcome == "ok"
         assert_same_tables(tables(lake), clean)
 
 
