@@ -29,7 +29,7 @@ from esworkbench.fold import _engine as core
 from esworkbench.fold._columns import CHANGED, unify
 from esworkbench.fold._engine import OnError
 from esworkbench.fold.batches import Job, plan_batches, run_batches
-from esworkbench.lake import filesystem_for
+from esworkbench.lake import FOLD_INPUT_SCHEMA, filesystem_for
 
 __all__ = [
     "MemorySink",
@@ -363,17 +363,8 @@ def _timeline(results: list[core.BatchResult], cls: type[AggregateRoot]) -> pl.D
 
 
 def empty_timeline(cls: type[AggregateRoot]) -> pa.Table:
-    envelope = pa.schema(
-        [
-            ("stream_name", pa.string()),
-            ("stream_revision", pa.uint64()),
-            ("commit_position", pa.uint64()),
-            ("created", pa.timestamp("us", tz="UTC")),
-            ("occurred_at", pa.timestamp("us", tz="UTC")),
-            ("event_type", pa.string()),
-            ("event_id", pa.string()),
-        ]
-    )
+    # The envelope a timeline carries, typed as the fold reads it from the lake.
+    envelope = pa.schema([FOLD_INPUT_SCHEMA.field(name) for name in core.TIMELINE_ENVELOPE])
     try:
         fields = list(cls(cls.aggregate_id_of(f"{cls.stream_prefix}-")).state())
     except Exception:

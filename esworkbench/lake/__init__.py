@@ -44,6 +44,7 @@ from esworkbench.lake._partitions import (
     write_parquet,
 )
 from esworkbench.lake._readmodels import ReadModelCheckpoint, ReadModelStore, read_model_schema
+from esworkbench.lake._streams import FOLD_INPUT_SCHEMA, StreamBatches
 from esworkbench.lake._sync import (
     DEFAULT_BATCH_SIZE,
     SyncInterrupted,
@@ -57,6 +58,7 @@ from esworkbench.lake._writer import LakeWriter
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_LOCK_TIMEOUT",
+    "FOLD_INPUT_SCHEMA",
     "PARTITION_SCHEMA",
     "EventFilter",
     "Lake",
@@ -66,6 +68,7 @@ __all__ = [
     "PartitionManifest",
     "ReadModelCheckpoint",
     "ReadModelStore",
+    "StreamBatches",
     "SyncInterrupted",
     "SyncProgress",
     "SyncResult",
