@@ -27,6 +27,7 @@ import pyarrow as pa
 
 __all__ = [
     "FINDINGS_SCHEMA",
+    "FINDING_ENVELOPE",
     "HISTORY_KINDS",
     "SEVERITIES",
     "SEVERITY_BY_KIND",
@@ -55,6 +56,9 @@ FINDINGS_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
     ]
 )
+
+# Who a finding's event is: the columns a finding takes from its event.
+FINDING_ENVELOPE = tuple(FINDINGS_SCHEMA.names[3:9])
 
 # Kinds any event store's history can show, whatever the domain.
 HISTORY_KINDS = (

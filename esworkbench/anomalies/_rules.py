@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import polars as pl
 
 from esworkbench.errors import ConfigError
-from esworkbench.findings import Severity
+from esworkbench.findings import FINDING_ENVELOPE, Severity
 from esworkbench.fold import AggregateSpec, Replay, replay_frame, resolve_aggregate, with_rejected
 from esworkbench.imports import import_object
 
@@ -46,14 +46,7 @@ __all__ = [
 ]
 
 # Who a finding's event is: the columns the check takes from the event.
-ENVELOPE = (
-    "stream_name",
-    "stream_revision",
-    "commit_position",
-    "event_id",
-    "event_type",
-    "occurred_at",
-)
+ENVELOPE = FINDING_ENVELOPE
 # What a rule's find() returns: event_id is required, the rest optional.
 FOUND_COLUMNS = ("event_id", "kind", "message", "evidence", "error")
 

@@ -16,6 +16,7 @@ Example:
     'user'
 """
 
+from esworkbench.fold._engine import INPUT_COLUMNS
 from esworkbench.fold._frames import Replay
 from esworkbench.fold._replay import (
     FINDINGS_COLUMNS,
@@ -31,6 +32,7 @@ from esworkbench.fold._replay import (
 
 __all__ = [
     "FINDINGS_COLUMNS",
+    "INPUT_COLUMNS",
     "AggregateSpec",
     "Engine",
     "OnError",

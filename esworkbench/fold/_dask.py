@@ -38,10 +38,8 @@ import polars as pl
 from esworkbench.aggregates import AggregateRoot
 from esworkbench.errors import ConfigError
 from esworkbench.filters import EventFilter
-from esworkbench.findings import FINDINGS_SCHEMA
 from esworkbench.fold import _engine as core
 from esworkbench.fold import _frames as frames
-from esworkbench.fold._frames import scan_unified
 from esworkbench.lake import (
     Lake,
     PartitionManifest,
@@ -271,26 +269,10 @@ def replay_on_dask(
         )
     timelines = [r.files["timeline"] for r in results if r.files["timeline"] is not None]
     findings = [r.files["findings"] for r in results if r.files["findings"] is not None]
-    sort = ["commit_position", "stream_name", "stream_revision"]
-    if timelines:
-        timeline = scan_unified(timelines, storage_options)
-    else:
-        empty = pl.from_arrow(frames.empty_timeline(cls))
-        assert isinstance(empty, pl.DataFrame)
-        timeline = empty.lazy()
-    found = (
-        scan_unified(findings, storage_options, schema=FINDINGS_SCHEMA)
-        if findings
-        else frames.findings_frame([]).lazy()
-    )
-    return frames.Replay(
-        # Within a partition rows are in a single-process replay's order; across partitions,
-        # its order is commit position, then stream (batches run in stream order).
-        timeline=timeline.sort(sort, maintain_order=True),
-        findings=found.sort(sort, maintain_order=True),
-        aggregate=cls,
-        events_read=sum(r.events for r in results),
-    )
+    # Within a partition rows are in a single-process replay's order; across partitions, its
+    # order is commit position, then stream (batches run in stream order).
+    timeline, found = frames.scan_results(timelines, findings, cls, storage_options)
+    return frames.Replay(timeline, found, cls, sum(r.events for r in results))
 
 
 def fold_partition(

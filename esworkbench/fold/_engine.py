@@ -42,7 +42,7 @@ from esworkbench.errors import (
     UnknownEventTypeError,
 )
 from esworkbench.events import SCHEMA_VERSION_KEY, EventRegistry, json_object
-from esworkbench.findings import FINDINGS_SCHEMA, evidence_json, severity_of
+from esworkbench.findings import FINDING_ENVELOPE, FINDINGS_SCHEMA, evidence_json, severity_of
 from esworkbench.fold._columns import CHANGED, StateColumns
 from esworkbench.fold.batches import gc_paused
 
@@ -50,15 +50,6 @@ OnError = Literal["stop", "skip"]
 
 # The findings' rule name for everything replay reports (the kind says which business rule).
 REPLAY_RULE = "replay"
-# The envelope columns a finding carries from its event.
-_FINDING_ENVELOPE = (
-    "stream_name",
-    "stream_revision",
-    "commit_position",
-    "event_id",
-    "event_type",
-    "occurred_at",
-)
 
 # Envelope columns a timeline row carries, in this order, before the aggregate's state.
 TIMELINE_ENVELOPE = (
@@ -407,7 +398,7 @@ def _findings_table(table: pa.Table, rows: list[int], findings: list[tuple[Any, 
     The envelope of each finding's event is taken column-wise (no per-event Python objects)
     and set beside what the replay said about it.
     """
-    envelope = table.select(list(_FINDING_ENVELOPE)).take(pa.array(rows, type=pa.int64()))
+    envelope = table.select(list(FINDING_ENVELOPE)).take(pa.array(rows, type=pa.int64()))
     said: list[Sequence[Any]] = (
         list(zip(*findings, strict=True)) if findings else [() for _ in range(5)]
     )
@@ -415,7 +406,7 @@ def _findings_table(table: pa.Table, rows: list[int], findings: list[tuple[Any, 
         "rule": pa.array([REPLAY_RULE] * len(rows), pa.string()),
         "kind": pa.array(said[0], pa.string()),
         "severity": pa.array(said[1], pa.string()),
-        **{name: envelope.column(name) for name in _FINDING_ENVELOPE},
+        **{name: envelope.column(name) for name in FINDING_ENVELOPE},
         "message": pa.array(said[2], pa.string()),
         "evidence": pa.array(said[3], pa.string()),
         "error": pa.array(said[4], pa.string()),

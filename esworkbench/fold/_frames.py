@@ -40,6 +40,7 @@ __all__ = [
     "findings_frame",
     "fold_frame",
     "merge_rejected",
+    "scan_results",
     "scan_unified",
 ]
 
@@ -180,7 +181,7 @@ def fold_frame(
     results = [
         core.BatchResult(*tables) for tables in run_batches(job, workers=workers, advance=advance)
     ]
-    return _timeline(results, cls), findings_frame(results)
+    return _timeline([r.timeline for r in results], cls), findings_frame(results)
 
 
 def merge_rejected(events: pl.DataFrame, rejected: pl.DataFrame) -> pl.DataFrame:
@@ -258,15 +259,9 @@ class MemorySink:
     def replay(self) -> Replay:
         """The Replay of every batch added (the sink lets go of them: call it once)."""
         findings = findings_frame(self._results)
-        # Sorted in Arrow, each batch let go of as soon as it is joined: one copy of the
-        # timeline at a time, not three.
-        tables = [r.timeline for r in self._results if r.timeline.num_rows]
+        tables = [r.timeline for r in self._results]
         self._results.clear()
-        table = unify(tables) if tables else empty_timeline(self._cls)
-        del tables
-        table = table.take(pc.sort_indices(table.column("commit_position")))
-        timeline = pl.from_arrow(table)
-        assert isinstance(timeline, pl.DataFrame)
+        timeline = _timeline(tables, self._cls)
         return Replay(timeline, findings, aggregate=self._cls, events_read=self._events)
 
 
@@ -298,26 +293,10 @@ class PartsSink:
 
     def replay(self) -> Replay:
         """The Replay over the parts written, read lazily."""
-        sort = ["commit_position", "stream_name", "stream_revision"]
-        timelines, findings = self._files["timeline"], self._files["findings"]
-        if timelines:
-            timeline = scan_unified(timelines, None)
-        else:
-            empty = pl.from_arrow(empty_timeline(self._cls))
-            assert isinstance(empty, pl.DataFrame)
-            timeline = empty.lazy()
-        found = (
-            scan_unified(findings, None, schema=FINDINGS_SCHEMA)
-            if findings
-            else findings_frame([]).lazy()
+        timeline, findings = scan_results(
+            self._files["timeline"], self._files["findings"], self._cls, None
         )
-        return Replay(
-            timeline=timeline.sort(sort, maintain_order=True),
-            findings=found.sort(sort, maintain_order=True),
-            aggregate=self._cls,
-            events_read=self._events,
-            parts=self._files,
-        )
+        return Replay(timeline, findings, self._cls, self._events, parts=self._files)
 
 
 # What DuckDB may hold while it sorts result parts into one file; past it, it spills to disk.
@@ -352,14 +331,39 @@ def _one_schema(files: Sequence[str]) -> bool:
     return all(pq.read_schema(f).equals(first) for f in files[1:])
 
 
-def _timeline(results: list[core.BatchResult], cls: type[AggregateRoot]) -> pl.DataFrame:
+def _timeline(tables: list[pa.Table], cls: type[AggregateRoot]) -> pl.DataFrame:
+    """Batch timelines as one, by commit position (the list is emptied as they are joined)."""
     # A batch without rows has no state columns to offer; a fresh aggregate names them.
-    tables = [r.timeline for r in results if r.timeline.num_rows]
-    if not tables:
-        tables = [empty_timeline(cls)]
-    frame = pl.from_arrow(unify(tables))
+    kept = [t for t in tables if t.num_rows]
+    tables.clear()
+    table = unify(kept) if kept else empty_timeline(cls)
+    # Sorted in Arrow, each batch let go of once joined: one copy of the timeline at a time.
+    del kept
+    frame = pl.from_arrow(table.take(pc.sort_indices(table.column("commit_position"))))
     assert isinstance(frame, pl.DataFrame)
-    return frame.sort("commit_position", maintain_order=True)
+    return frame
+
+
+def scan_results(
+    timelines: Sequence[str],
+    findings: Sequence[str],
+    cls: type[AggregateRoot],
+    storage_options: dict[str, Any] | None,
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Timeline and findings over result files, lazily, in a replay's order."""
+    sort = ["commit_position", "stream_name", "stream_revision"]
+    if timelines:
+        timeline = scan_unified(timelines, storage_options)
+    else:
+        empty = pl.from_arrow(empty_timeline(cls))
+        assert isinstance(empty, pl.DataFrame)
+        timeline = empty.lazy()
+    found = (
+        scan_unified(findings, storage_options, schema=FINDINGS_SCHEMA)
+        if findings
+        else findings_frame([]).lazy()
+    )
+    return timeline.sort(sort, maintain_order=True), found.sort(sort, maintain_order=True)
 
 
 def empty_timeline(cls: type[AggregateRoot]) -> pa.Table:

@@ -38,7 +38,6 @@ or an event the lake rejected at ingest, with the lake's reason).
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +54,7 @@ from esworkbench.fold import _engine as core
 from esworkbench.fold import _frames as frames
 from esworkbench.fold._frames import Replay
 from esworkbench.fold.batches import run_stream
+from esworkbench.imports import import_object
 from esworkbench.lake import opened
 
 if TYPE_CHECKING:
@@ -79,30 +79,11 @@ def resolve_aggregate(aggregate: AggregateSpec) -> type[AggregateRoot]:
         >>> resolve_aggregate("esworkbench.examples.bank:User").stream_prefix
         'user'
     """
-    if isinstance(aggregate, str):
-        module_name, sep, qualname = aggregate.partition(":")
-        if not sep or not module_name or not qualname:
-            raise ConfigError(
-                f"aggregate {aggregate!r} is not an import path; write 'package.module:Class', "
-                "e.g. 'esworkbench.examples.bank:User'"
-            )
-        try:
-            target: Any = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ConfigError(
-                f"cannot import module {module_name!r} for aggregate "
-                f"{aggregate!r}: {e}; is it installed or on sys.path?"
-            ) from e
-        for part in qualname.split("."):
-            try:
-                target = getattr(target, part)
-            except AttributeError:
-                raise ConfigError(
-                    f"module {module_name!r} has no {qualname!r} (for aggregate {aggregate!r})"
-                ) from None
-        cls = target
-    else:
-        cls = aggregate
+    cls = (
+        import_object(aggregate, what="aggregate", example="package.module:Class")
+        if isinstance(aggregate, str)
+        else aggregate
+    )
     if not (isinstance(cls, type) and issubclass(cls, AggregateRoot)):
         raise ConfigError(
             f"{aggregate!r} is not an AggregateRoot subclass; replay needs a "
@@ -212,7 +193,8 @@ def replay(
     with opened(lake) as lake_:
         batches = lake_.iter_streams(batch_size=batch_size, **options)
         tables = iter(batches) if cut is None else _cut_each(batches, cut)
-        with _progress(progress, None if cut is not None else batches.rows, cls) as bar:
+        total = batches.rows if progress and cut is None else None
+        with _progress(progress, total, cls) as bar:
             for events, result in run_stream(tables, work, workers=workers, advance=bar.update):
                 sink.add(core.BatchResult(*result), events=events)
     return sink.replay()

@@ -17,6 +17,7 @@ several rejected copies of one revision the first by (position, id) is kept.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -111,7 +112,12 @@ class StreamBatches:
         self._sql, self._params = _input_sql(f)
         self._batch_size = batch_size
         self._memory_limit = memory_limit
-        ((self.rows,),) = rows(con, f"SELECT count(*) FROM ({self._sql})", self._params)
+
+    @functools.cached_property
+    def rows(self) -> int:
+        """How many rows the batches hold in all (one counting query, on first use)."""
+        ((count,),) = rows(self._con, f"SELECT count(*) FROM ({self._sql})", self._params)
+        return int(count)
 
     def __iter__(self) -> Iterator[pa.Table]:
         ordered = f"{self._sql} ORDER BY stream_name, stream_revision, commit_position"

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from esworkbench.events import SCHEMA_VERSION_KEY
 from esworkbench.findings import FINDINGS_SCHEMA
+from esworkbench.fold import INPUT_COLUMNS as FOLD_INPUT_COLUMNS
 from esworkbench.fold.batches import gc_paused
 from esworkbench.projections._definition import Event, Projection, Row
 
@@ -37,18 +38,8 @@ __all__ = [
     "work",
 ]
 
-# Envelope columns a projection reads from the lake.
-INPUT_COLUMNS = (
-    "stream_name",
-    "stream_revision",
-    "commit_position",
-    "created",
-    "occurred_at",
-    "event_type",
-    "event_id",
-    "data",
-    "metadata",
-)
+# Envelope columns a projection reads from the lake: those a replay reads.
+INPUT_COLUMNS = FOLD_INPUT_COLUMNS
 TIMINGS_SCHEMA = pa.schema(
     [("event_type", pa.string()), ("events", pa.int64()), ("seconds", pa.float64())]
 )

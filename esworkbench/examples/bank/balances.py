@@ -34,6 +34,15 @@ _MONEY = pl.Decimal(38, 2)
 # Exact money as the bank writes it: a decimal string with at most two places. Anything else
 # (the fold reports it as decode_error) moves nothing here either, rather than being rounded.
 _MONEY_TEXT = r"^-?[0-9]+(\.[0-9]{1,2})?$"
+# The columns a balance row takes from its event.
+_EVENT = (
+    "stream_name",
+    "stream_revision",
+    "commit_position",
+    "occurred_at",
+    "event_type",
+    "event_id",
+)
 
 
 def bank_balances(events: Lake | str | Path | pl.DataFrame) -> pl.DataFrame:
@@ -111,12 +120,7 @@ def _moves(scan: pl.LazyFrame) -> pl.LazyFrame:
 
     sign = pl.col("event_type").replace_strict(BANK_SIGNS, default=0, return_dtype=pl.Int8)
     return scan.select(
-        "stream_name",
-        "stream_revision",
-        "commit_position",
-        "occurred_at",
-        "event_type",
-        "event_id",
+        *_EVENT,
         pl.when(sign < 0).then(-money("amount")).otherwise(money("amount")).alias("amount"),
         money("newBalance").alias("new_balance"),
     )
@@ -145,12 +149,7 @@ def _running(moves: pl.DataFrame) -> pl.DataFrame:
         .fill_null(0)
         .alias("previous"),
     ).select(
-        "stream_name",
-        "stream_revision",
-        "commit_position",
-        "occurred_at",
-        "event_type",
-        "event_id",
+        *_EVENT,
         pl.col("amount").cast(_MONEY),
         pl.col("balance").cast(_MONEY),
         pl.col("new_balance").cast(_MONEY),
