@@ -61,10 +61,17 @@ WITH raw AS (
 in_batch AS (  -- ids that occur more than once in this batch (rare: a small table)
     {in_batch}
 ),
-seen AS (  -- ids of this batch already in the lake: a semi-join over the lake's id column
-    SELECT event_id AS id, min(commit_position) AS seen_at FROM events
-    WHERE event_id IN (SELECT id FROM raw WHERE id IS NOT NULL)
-    GROUP BY event_id
+seen AS (  -- ids of this batch already in the lake, kept or rejected: a semi-join over their ids
+    SELECT id, min(seen_at) AS seen_at FROM (
+        SELECT event_id AS id, commit_position AS seen_at FROM events
+        WHERE event_id IN (SELECT id FROM raw WHERE id IS NOT NULL)
+        UNION ALL
+        -- a rejected event still took its id, as a repeat within one batch does whatever its
+        -- fate: so a later event with that id is a duplicate in any batch, not only in the same
+        SELECT try_cast(event_id AS UUID), commit_position FROM _rejected
+        WHERE try_cast(event_id AS UUID) IN (SELECT id FROM raw WHERE id IS NOT NULL)
+    )
+    GROUP BY id
 ),
 seen_rejected AS (
     SELECT DISTINCT j.commit_position, j.event_id FROM _rejected j

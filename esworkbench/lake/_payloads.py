@@ -24,9 +24,9 @@ MAX_DEPTH = 64
 # Decimals wider than DECIMAL(18, s) (more than 18 digits) are out of range for the typed views.
 _MAX_DIGITS = 18
 # Text the lenient reader accepts but JSON forbids, and numbers that may not fit. Matches inside
-# strings are false alarms that `inspect` clears. Checked on every payload: trailing commas and
-# runs of 19+ digits.
-SUSPECT_REGEX = r",\s*[\]}]|[0-9]{19}"
+# strings are false alarms that `inspect` clears. Checked on every payload: trailing commas, and
+# 19+ digits in a row or split by a dot (any number or decimal string wider than _MAX_DIGITS).
+SUSPECT_REGEX = r",\s*[\]}]|[0-9]{19}|[0-9.]{20}"
 # Checked only where the payload's shape has numbers (NaN and Infinity read as DOUBLE): NaN,
 # Infinity and 3-digit exponents.
 SUSPECT_NUMBER_REGEX = r"(^|[\[:,])\s*[-+]?(?i:nan|inf)|[0-9][eE]\+?[0-9]{3,}\s*([,}\]]|$)"

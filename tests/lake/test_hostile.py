@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -83,6 +84,14 @@ CASES: dict[str, tuple[bytes, tuple[str, str | None]]] = {
     ),
     "a 30-digit decimal number": (
         b'{"amount":123456789012345678901234567890.12}',
+        ("events", "number_out_of_range"),
+    ),
+    "a 20-digit decimal amount split by its dot": (
+        b'{"amount":"1234567890.1234567890"}',
+        ("events", "number_out_of_range"),
+    ),
+    "a 20-digit decimal number split by its dot": (
+        b'{"amount":1234567890.1234567890}',
         ("events", "number_out_of_range"),
     ),
     "keys that read as one dotted column": (b'{"a.b":1,"a":{"b":2}}', ("events", None)),
@@ -259,3 +268,38 @@ def test_random_hostile_payloads_never_stop_a_sync(
     again = sync(table(events, name), shared_lake, batch_size=4)
     assert (again.events, again.rejected) == (0, 0)
     assert shared_lake.read_typed("Paid").height >= len(kept)
+
+
+@st.composite
+def wide_number(draw: st.DrawFn) -> bytes:
+    """An amount of 15 to 25 digits, maybe split by a dot, as a JSON number or a string."""
+    digits = draw(st.sampled_from("123456789")) + draw(
+        st.text("0123456789", min_size=14, max_size=24)
+    )
+    dot = draw(st.integers(min_value=0, max_value=len(digits) - 1))
+    number = draw(st.sampled_from(["-", ""])) + (
+        digits if dot == 0 else f"{digits[:dot]}.{digits[dot:]}"
+    )
+    text = f'"{number}"' if draw(st.booleans()) else number
+    return f'{{"amount":{text}}}'.encode()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(payload=wide_number())
+def test_every_number_too_wide_for_the_typed_views_is_flagged(
+    shared_lake: Lake, payload: bytes
+) -> None:
+    # Ground truth: the exact Python check run on every payload, not only on those the SQL
+    # pre-check marks as suspect.
+    from esworkbench.lake._payloads import inspect
+
+    reason, flags = inspect(payload.decode())
+    run = f"w{next(_runs)}-"
+    base = (shared_lake.head_position() or 0) + 1
+    event = raw(base, payload, run=run)
+    sync(table([event], f"w{run}"), shared_lake)
+    kept = shared_lake.read_flags().filter(pl.col("event_id") == event["event_id"])
+    assert reason is None
+    assert sorted(kept["flag"].to_list()) == sorted(flag for flag, _ in flags)

@@ -152,12 +152,20 @@ def _hostile_events() -> list[dict[str, Any]]:
         event.update(commit_position=100 + i, prepare_position=100 + i, stream_revision=i)
         if event["event_id"] != "not-a-uuid":
             event["event_id"] = str(uuid.uuid5(uuid.NAMESPACE_OID, f"hostile/{i}"))
-    # An id reused by an accepted event. (An id reused from a *rejected* one is decided by batch
-    # size: repeats within a batch are caught whatever their fate, across batches only against
-    # `events`; so the reference, one batch, would differ from small batches for reasons of its
-    # own.)
+    # An id reused from an accepted event, and one reused from a rejected event: both are
+    # duplicates whether or not the first use is in the same batch.
     accepted = next(e for e in events[20:] if e["data"].startswith(b'{"userId"'))
     events.append({**accepted, "commit_position": 900, "prepare_position": 900})
+    ordinary_data = accepted["data"]
+    events.append(
+        {
+            **events[5],
+            "data": ordinary_data,
+            "metadata": b"",
+            "commit_position": 901,
+            "prepare_position": 901,
+        }
+    )
     events.append(dict(events[3]))  # the same line twice
     return events
 
