@@ -138,6 +138,7 @@ def test_a_timeline_denser_than_the_pixels_is_aggregated_and_says_at_what_bucket
     frame = timeline_frame(streams=2, events=1_000)
     spec = charts.balance_timeline(frame).to_dict()
     values = dataset(spec)
+    assert spec["title"]["text"] == "Balance per day"  # not "after every event"
     subtitle = " ".join(spec["title"]["subtitle"])
     assert "Aggregated per day (1d)" in subtitle and "2,000 events" in subtitle
     assert f"drawn as {len(values)} buckets" in subtitle

@@ -47,7 +47,7 @@ def balance_timeline(
     series: str = "stream_name",
     bucket: str | None = "auto",
     max_points: int = DEFAULT_MAX_POINTS,
-    title: str = "Balance after every event",
+    title: str | None = None,
     width: int = 760,
     height: int = 320,
 ) -> alt.VConcatChart:
@@ -74,7 +74,8 @@ def balance_timeline(
             (or more than `max_points`), at the finest bucket that fits (``choose_bucket``);
             a Polars duration ("1d"): aggregate at that bucket; None: one point per event.
         max_points: The most rows the chart embeds; more is an error.
-        title: Chart title.
+        title: Chart title. Default: what the chart draws, "Balance after every event", or
+            "Balance per day" (the bucket) when aggregated.
         width: Width of the main chart in pixels.
         height: Height of the main chart in pixels.
 
@@ -150,6 +151,12 @@ def balance_timeline(
         .add_params(brush)
         .properties(width=width, height=60)
     )
+    if title is None:
+        title = (
+            f"{_spoken(value)} after every event"
+            if every is None
+            else f"{_spoken(value)} per {spell_bucket(every)}"
+        )
     return alt.vconcat(detail, overview).properties(title=_title(title, note))
 
 
@@ -380,6 +387,10 @@ def _bucket(
     if bucket == "auto":
         return choose_bucket(df, time=time, series=series, width=width, max_points=max_points)
     return bucket
+
+
+def _spoken(column: str) -> str:
+    return column.replace("_", " ").capitalize()
 
 
 def _bucket_note(every: str, *, events: int, buckets: int, value: str) -> list[str]:
