@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from esworkbench.lake import Lake
-from esworkbench.reports import run_report
+from esworkbench.reports import run_report, skip_iri_grammar
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -46,6 +46,7 @@ def main() -> None:
         fold.build_lake(lake, users=args.users, days=args.days, seed=args.seed)
     with Lake(lake, read_only=True) as opened:
         events = opened.summary().events
+    skip_iri_grammar()  # as `esworkbench report` does
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         out_dir = args.keep or Path(scratch)

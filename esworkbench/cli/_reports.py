@@ -80,6 +80,7 @@ def report(
         parse_parameters,
         read_parameters_file,
         run_report,
+        skip_iri_grammar,
     )
 
     if list_only:
@@ -106,6 +107,7 @@ def report(
     if lake is None:
         raise click.UsageError("give --lake PATH (or set ESWORKBENCH_LAKE)")
     settings = Settings.load(reports_dir=out_dir)
+    skip_iri_grammar()
     result = run_report(
         name,
         lake=lake,
@@ -158,6 +160,8 @@ def verify(manifest: Path, lake: Path | None) -> None:
 def demo(lake: Path, out_dir: Path, users: int) -> None:
     """Dev server + sample ledger -> lake -> balance-timeline report; prints the HTML path."""
     from esworkbench.demo import run_demo
+    from esworkbench.reports import skip_iri_grammar
 
+    skip_iri_grammar()
     replace = lake == DEMO_LAKE  # the demo's own lake is rebuilt; any other is never deleted
     run_demo(lake=lake, out_dir=out_dir, users=users, replace=replace, say=click.echo)

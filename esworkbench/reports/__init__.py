@@ -38,7 +38,7 @@ from esworkbench.reports._record import (
     sync_first,
     table,
 )
-from esworkbench.reports._runner import ReportCellError, ReportResult, run_report
+from esworkbench.reports._runner import ReportCellError, ReportResult, run_report, skip_iri_grammar
 from esworkbench.reports._verify import VerifyResult, verify_manifest
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "resolve_masked_uri",
     "run_report",
     "setup_notebook",
+    "skip_iri_grammar",
     "stages_in_notebook",
     "sync_first",
     "table",

@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -66,6 +67,7 @@ __all__ = [
     "ReportCellError",
     "ReportResult",
     "run_report",
+    "skip_iri_grammar",
 ]
 
 MANIFEST_VERSION = 1
@@ -87,7 +89,22 @@ _VERSIONED = (
 # The kernel logs warnings to the terminal of whoever runs the report; the one about its TCP
 # transport being unencrypted concerns loopback sockets to a kernel the runner itself started,
 # so kernel warnings are kept out of scheduled runs' output (errors still show).
-_KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+#
+# jsonschema (which altair imports in the kernel, and nbformat in the runner's process) builds
+# the grammar of `_IRI_GRAMMAR` when imported, ~0.8 s, only to check the "iri" string formats,
+# which neither asks it to check. It imports that module under try/except ImportError, and a
+# None entry in sys.modules is such an error: kernels the runner starts skip it, and so does the
+# CLI's own process (`skip_iri_grammar`). A user's own kernel or process is left as it is.
+_IRI_GRAMMAR = "rfc3987_syntax"
+_KERNEL_ARGUMENTS = [
+    "--IPKernelApp.log_level=ERROR",
+    f"--IPKernelApp.exec_lines=__import__('sys').modules.setdefault({_IRI_GRAMMAR!r}, None)",
+]
+
+
+def skip_iri_grammar() -> None:
+    """Keep jsonschema from building a grammar no report uses, in a process we own (see above)."""
+    sys.modules.setdefault(_IRI_GRAMMAR, None)  # type: ignore[arg-type]  # None: "not importable"
 
 
 # --- running -------------------------------------------------------------------------------

@@ -532,3 +532,32 @@ def test_the_vega_bundle_is_kept_between_runs_and_remade_when_damaged(
     _html._vega_bundle.cache_clear()
     assert _html._vega_bundle((6, 4)) == made  # and was made again whole
     _html._vega_bundle.cache_clear()
+
+
+def test_kernels_the_runner_starts_skip_the_iri_grammar_and_still_validate_charts() -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    from esworkbench.reports._runner import _KERNEL_ARGUMENTS
+
+    km, kc = start_new_kernel(extra_arguments=_KERNEL_ARGUMENTS)
+    try:
+        outputs: list[str] = []
+        code = (
+            "import sys, altair as alt\n"
+            "print(sys.modules['rfc3987_syntax'] is None, 'jsonschema' in sys.modules)\n"
+            "try:\n"
+            "    alt.Chart({'values': [{'a': 1}]}).mark_point().encode(x='a:Q').to_dict()\n"
+            "    alt.Chart({'values': []}).mark_point(size='big').to_dict()\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__)\n"
+        )
+        kc.execute_interactive(
+            code,
+            timeout=60,
+            output_hook=lambda msg: outputs.append(msg["content"].get("text", "")),
+        )
+        # Skipped, while jsonschema itself still loads and still rejects an invalid spec.
+        assert "".join(outputs).split() == ["True", "True", "SchemaValidationError"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
