@@ -199,12 +199,16 @@ def setup_notebook(*, max_rows: int = 50) -> None:
 
 
 # Ids and names stay on one line (a UUID broken over four lines is unreadable); only long
-# text (messages, evidence, payloads) wraps; money is right-aligned; wide tables scroll.
+# text (messages, evidence, payloads) wraps; money is right-aligned; wide tables scroll. The
+# selectors repeat the class and name the table, so they outrank JupyterLab's right-aligned cells
+# (`:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td`), in the HTML and in JupyterLab.
 _TABLE_STYLE = """<style>
 .ewb-table { overflow-x: auto; }
-.ewb-table th, .ewb-table td { text-align: left; vertical-align: top; white-space: nowrap; }
-.ewb-table td.ewb-long { white-space: normal; min-width: 28em; }
-.ewb-table td.ewb-money { text-align: right; }
+.ewb-table.ewb-table table th, .ewb-table.ewb-table table td {
+  text-align: left; vertical-align: top; white-space: nowrap;
+}
+.ewb-table.ewb-table table td.ewb-long { white-space: normal; min-width: 28em; }
+.ewb-table.ewb-table table td.ewb-money { text-align: right; }
 </style>"""
 _TABLE_SCRIPT = """
 <script>

@@ -8,6 +8,7 @@ the events read, and `verify` notices when the lake changes under it.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import re
@@ -561,3 +562,29 @@ def test_kernels_the_runner_starts_skip_the_iri_grammar_and_still_validate_chart
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_table_cells_read_left_aligned_and_money_right_aligned(
+    scene: Scene, tmp_path: Path
+) -> None:
+    # The page's own CSS (nbconvert's JupyterLab theme) right-aligns table cells; what a reader
+    # sees is the computed style, so ask the browser for it.
+    page = tmp_path / "report.html"
+    audit = """<script>window.addEventListener("load", function () {
+      var seen = {};
+      document.querySelectorAll(".ewb-table td, .ewb-table th").forEach(function (cell) {
+        var key = cell.tagName + (cell.classList.contains("ewb-money") ? ".money" : "") + ":" +
+          getComputedStyle(cell).textAlign;
+        seen[key] = (seen[key] || 0) + 1;
+      });
+      var out = document.createElement("pre");
+      out.id = "alignment"; out.textContent = JSON.stringify(seen);
+      document.body.appendChild(out);
+    });</script>"""
+    page.write_text(scene.result.html.read_text(encoding="utf-8") + audit, encoding="utf-8")
+    dom = offline_dom(page.as_uri(), tmp_path)
+    found = re.search(r'<pre id="alignment">(.*?)</pre>', dom, re.S)
+    assert found is not None
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["TD:left"] > 0 and seen["TH:left"] > 0 and seen["TD.money:right"] > 0
+    assert set(seen) == {"TD:left", "TH:left", "TD.money:right"}, seen
