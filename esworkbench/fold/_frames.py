@@ -31,7 +31,7 @@ from esworkbench.fold import _engine as core
 from esworkbench.fold._columns import CHANGED, unify
 from esworkbench.fold._engine import OnError
 from esworkbench.fold.batches import Job, plan_batches, run_batches
-from esworkbench.lake import FOLD_INPUT_SCHEMA, filesystem_for
+from esworkbench.lake import FOLD_INPUT_SCHEMA, SORT_MEMORY_LIMIT, filesystem_for
 
 __all__ = [
     "MemorySink",
@@ -301,17 +301,13 @@ class PartsSink:
         return Replay(timeline, findings, self._cls, self._events, parts=self._files)
 
 
-# What DuckDB may hold while it sorts result parts into one file; past it, it spills to disk.
-_SORT_MEMORY_LIMIT = "256MB"
-
-
 def sort_parts(files: Sequence[str], path: Path) -> None:
     """Parquet parts of one schema as one file, ordered as a replay's results are."""
     with tempfile.TemporaryDirectory() as spill:
         con = duckdb.connect()
         try:
             con.execute("SET TimeZone = 'UTC'")
-            con.execute(f"SET memory_limit = '{_SORT_MEMORY_LIMIT}'")
+            con.execute(f"SET memory_limit = '{SORT_MEMORY_LIMIT}'")  # as the lake's own sorts
             con.execute(f"SET temp_directory = '{_sql_text(spill)}'")
             con.execute("SET preserve_insertion_order = false")
             listed = ", ".join(f"'{_sql_text(f)}'" for f in files)

@@ -44,7 +44,7 @@ from esworkbench.lake._partitions import (
     write_parquet,
 )
 from esworkbench.lake._readmodels import ReadModelCheckpoint, ReadModelStore, read_model_schema
-from esworkbench.lake._streams import FOLD_INPUT_SCHEMA, StreamBatches
+from esworkbench.lake._streams import FOLD_INPUT_SCHEMA, SORT_MEMORY_LIMIT, StreamBatches
 from esworkbench.lake._sync import (
     DEFAULT_BATCH_SIZE,
     SyncInterrupted,
@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_LOCK_TIMEOUT",
     "FOLD_INPUT_SCHEMA",
     "PARTITION_SCHEMA",
+    "SORT_MEMORY_LIMIT",
     "EventFilter",
     "Lake",
     "LakeSummary",

@@ -26,7 +26,7 @@ from esworkbench.lake import _payloads, _views
 from esworkbench.lake._schema import q, rows
 from esworkbench.lake._timings import Timings
 
-__all__ = ["IngestCounts", "Timings", "ingest_batch"]
+__all__ = ["IngestCounts", "ingest_batch"]
 
 # An occurredAt this far from `created` is not believed: a year later than the write (business
 # time may trail the write, as when history is replayed, but not by years), or earlier than
