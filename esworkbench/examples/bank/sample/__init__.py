@@ -26,7 +26,7 @@ inside user streams at real revisions (revisions stay gap-free):
     unknown_event_type      CardIssued, LoyaltyPointsAwarded or BalanceAdjusted (unregistered)
     malformed_json          a BalanceDeposited cut off mid-JSON, content type application/json
     binary_payload          a bank event type holding non-UTF-8 bytes, application/octet-stream
-    amount_outlier          a deposit of 20-80x the user's monthly income
+    amount_outlier          a deposit of 100-400x the user's monthly income
 
 ``Ledger.truth`` lists them;
 ``REPLAY_ERRORS`` says what replaying each through ``User`` raises (None: replay is silent, the

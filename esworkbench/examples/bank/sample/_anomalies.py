@@ -336,7 +336,7 @@ def _amount_outlier(sim: Simulation, t: int) -> bool:
     c = _pick(sim)
     if c is None or c.user is None:
         return False
-    factor = 20 + 60 * sim.rng.random()
+    factor = 100 + 300 * sim.rng.random()
     amount = cents(c.monthly * factor)
     c.user.deposit(amount, metadata=sim.meta(t))
     c.outlier = True
