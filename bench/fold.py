@@ -45,6 +45,7 @@ from typing import Any
 import duckdb
 import polars as pl
 import pyarrow as pa
+from _memory import peak_rss_mb  # bench/_memory.py
 
 from esworkbench.examples.bank.balances import bank_balances
 from esworkbench.examples.bank.sample import generate
@@ -177,10 +178,6 @@ def window_query(path: Path) -> pl.DataFrame:
     return frame
 
 
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=3_800)
@@ -288,7 +285,7 @@ def main() -> None:
             f"    ({vec.result.height:,} of the {n:,} events move money; ev/s is over all events)"
         )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    print(f"\npeak RSS of this process: {rss_mb():,.0f} MB")
+    print(f"\npeak RSS of this process: {peak_rss_mb():,.0f} MB")
 
 
 def peak_rss(user_counts: list[int], days: int, seed: int, batch_size: int) -> None:
@@ -320,7 +317,7 @@ def child_replay_out(path: Path, batch_size: int) -> None:
         wall, used = time.perf_counter() - wall0, cpu() - cpu0
         print(
             json.dumps(
-                {"events": result.events_read, "rss_mb": rss_mb(), "wall": wall, "cpu": used}
+                {"events": result.events_read, "rss_mb": peak_rss_mb(), "wall": wall, "cpu": used}
             )
         )
 

@@ -41,6 +41,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from _memory import peak_rss_mb  # bench/_memory.py
+
 HERE = Path(__file__).resolve().parent
 EVENTS_PER_USER_DAY = 0.78  # measured on the sample generator (90 days)
 DAYS = 90
@@ -126,7 +128,7 @@ def client(uri: str, lake_path: str, reader: str, batch_size: int) -> None:
                 "lake_events": rows,
                 "wall": wall,
                 "cpu": cpu,
-                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "rss_mb": peak_rss_mb(),
                 "outcome": result.outcome,
                 "timings": dict(result.timings),
             }
