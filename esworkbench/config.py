@@ -229,7 +229,9 @@ class Settings:
     esdb_uri: str | None = None
     lake: Path = DEMO_LAKE
     reports_dir: Path = Path("reports")
-    batch_size: int = 10_000
+    # None: the sync's own choice (a row group's worth from an archive, `DEFAULT_BATCH_SIZE`
+    # from a server)
+    batch_size: int | None = None
     reader: Reader = "fast"
 
     @classmethod

@@ -145,7 +145,8 @@ def seed(out: Path | None, uri: str | None, users: int, seed_value: int, days: i
     "--batch-size",
     type=click.IntRange(min=1),
     default=None,
-    help="Events per batch and transaction (memory grows with it).",
+    help="Events per batch and transaction (memory grows with it). Default: 25,000 from a "
+    "server, a row group's 122,880 from an archive.",
 )
 @filter_options
 @clean_errors

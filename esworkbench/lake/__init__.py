@@ -10,7 +10,8 @@ columns.
 
 Reading follows polars' verbs: `read_*` returns a DataFrame, `scan_*` a LazyFrame, `iter_*` a
 stream of Arrow batches; every one takes the same filters (`EventFilter`). Writing goes through
-`sync`, which drives a `LakeWriter` (one batch and its checkpoint per transaction).
+`sync`, which drives a `LakeWriter` (a batch and its checkpoint per transaction, cut where a row
+group fills).
 
 Inside: `_lake` (the `Lake` reader), `_writer` (run bookkeeping, batch + checkpoint
 transactions), `_sync` (the producer/consumer sync loop and its progress), `_schema` (tables,

@@ -385,11 +385,16 @@ def ingest_batch(
     checkpoint: int | None,
     fields: _views.FieldState,
     timings: Timings | None = None,
+    completes_batch: bool = True,
 ) -> IngestCounts:
     """Decode `batch` into the lake and move the source's checkpoint, in one transaction.
 
+    `completes_batch` False: `batch` is a leading part of the source's batch (see
+    `LakeWriter.ingest`), not counted in `_sync_runs.batches`.
+
     A failure (or KeyboardInterrupt) anywhere rolls the whole batch back, so the lake is always
-    at a batch boundary: what is committed matches its checkpoint.
+    at a batch boundary: what is committed is its checkpoint's, plus at most the events of
+    leading parts (`checkpoint` None), which the next sync reads again and skips.
     """
     timings = timings or Timings()
     counts = IngestCounts()
@@ -457,10 +462,18 @@ def ingest_batch(
             q(
                 con,
                 "UPDATE _sync_runs SET events = events + ?, rejected = rejected + ?, "
-                "duplicates = duplicates + ?, batches = batches + 1, "
+                "duplicates = duplicates + ?, batches = batches + ?, "
                 "to_position = coalesce(greatest(to_position, ?), to_position, ?) "
                 "WHERE run_id = ?",
-                [counts.events, counts.rejected, counts.duplicates, checkpoint, checkpoint, run_id],
+                [
+                    counts.events,
+                    counts.rejected,
+                    counts.duplicates,
+                    int(completes_batch),
+                    checkpoint,
+                    checkpoint,
+                    run_id,
+                ],
             )
             q(con, "COMMIT")
     except BaseException:

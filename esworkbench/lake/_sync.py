@@ -3,9 +3,10 @@
 A producer thread pulls batches from the source (for EventStoreDB: gRPC decode in Python) while
 the calling thread commits them (DuckDB work, which releases the GIL), so decoding and inserting
 overlap. The queue between them holds at most two batches: memory is set by the batch size.
-Each batch and the source's checkpoint commit in one transaction; whatever stops a sync (Ctrl-C,
-kill -9, the server going away, a stop request) leaves the lake at a batch boundary, and the
-next sync resumes after the checkpoint.
+Each batch and the source's checkpoint commit in one transaction (a batch that crosses a row
+group commits in parts, the checkpoint with the last: see `LakeWriter.ingest`); whatever stops a
+sync (Ctrl-C, kill -9, the server going away, a stop request) leaves the lake at a transaction
+boundary, and the next sync resumes after the checkpoint, skipping what it already holds.
 """
 
 from __future__ import annotations

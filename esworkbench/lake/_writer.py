@@ -157,7 +157,17 @@ class LakeWriter:
     # -- batches ------------------------------------------------------------------------
 
     def ingest(self, batch: SourceBatch, *, source_key: str, run_id: int) -> IngestCounts:
-        """Commit one batch and its checkpoint in one transaction."""
+        """Commit one batch and its checkpoint; in two or more transactions if it is cut.
+
+        A batch that would carry the rows since the last checkpoint past a row group is cut
+        there, so that every checkpoint writes whole row groups. DuckDB starts a new row group
+        after a checkpoint rather than fill the last one, and leaves the checkpoint's vacuum to
+        merge a part-filled group with its successors: each checkpoint then rewrote the rows
+        carried over from the one before (a third more than it wrote), and once the vacuum's
+        merges slipped out of step with the row groups, five groups at every checkpoint. A cut
+        part commits without the checkpoint: a sync that stops there re-reads it, and the
+        lake skips what it already holds.
+        """
         events = batch.events
         if events.schema != RAW_SCHEMA:
             try:
@@ -166,14 +176,43 @@ class LakeWriter:
                 raise LakeError(
                     f"source {source_key!r} sent a batch that is not RAW_SCHEMA ({e})"
                 ) from e
+        counts = IngestCounts()
+        start = 0
+        while True:
+            size = min(events.num_rows - start, _ROW_GROUP_SIZE - self._unflushed)
+            last = start + size == events.num_rows
+            part = self._commit(
+                events.slice(start, size),
+                batch.checkpoint if last else None,
+                source_key=source_key,
+                run_id=run_id,
+                completes_batch=last,
+            )
+            counts.events += part.events
+            counts.rejected += part.rejected
+            counts.duplicates += part.duplicates
+            if last:
+                return counts
+            start += size
+
+    def _commit(
+        self,
+        events: pa.RecordBatch,
+        checkpoint: int | None,
+        *,
+        source_key: str,
+        run_id: int,
+        completes_batch: bool,
+    ) -> IngestCounts:
+        """One transaction: these events, and the checkpoint if given."""
         needed = events.nbytes * _SYNC_MEMORY_PER_BATCH_BYTE
         raised = self._saved is not None and needed > _megabytes(self._sync_memory) * 2**20
         if raised:  # events as large as the server accepts must fit, or no sync gets past them
             q(self._con, f"SET memory_limit = '{needed // 2**20 + 1}MB'")
-        # A batch that completes a row group is checkpointed by its own COMMIT: DuckDB then
-        # writes its rows compressed into the file and skips logging them to the WAL first
-        # (a large commit that triggers a checkpoint skips the WAL), which saves writing them
-        # twice. `_flush` still runs, and finds little or nothing left to do.
+        # A transaction that completes a row group is checkpointed by its own COMMIT: DuckDB
+        # then writes its rows compressed into the file and skips logging them to the WAL
+        # first (a large commit that triggers a checkpoint skips the WAL), which saves writing
+        # them twice. `_flush` still runs, and finds little or nothing left to do.
         at_commit = self._saved is not None and (
             self._unflushed + events.num_rows >= _ROW_GROUP_SIZE
         )
@@ -185,16 +224,19 @@ class LakeWriter:
                 events,
                 source_key=source_key,
                 run_id=run_id,
-                checkpoint=batch.checkpoint,
+                checkpoint=checkpoint,
                 fields=self._fields,
                 timings=self.timings,
+                completes_batch=completes_batch,
             )
         finally:
             if raised:
                 q(self._con, f"SET memory_limit = '{self._sync_memory}'")
             if at_commit:
                 q(self._con, f"SET checkpoint_threshold = '{_SYNC_CHECKPOINT_THRESHOLD}'")
-        self._unflushed += counts.events + counts.rejected
+        # Rows received, not rows kept, so the cuts fall on the same rows whatever the lake
+        # rejects; a group is short by the few rejected or re-delivered, never over.
+        self._unflushed += events.num_rows
         if self._unflushed >= _ROW_GROUP_SIZE:
             self._flush()
         return counts

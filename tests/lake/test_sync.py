@@ -8,19 +8,23 @@ import signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from esworkbench.errors import SourceError
+from esworkbench.events import RAW_SCHEMA
 from esworkbench.examples.bank.sample import write_archive
-from esworkbench.lake import Lake, SyncInterrupted, TqdmProgress, _writer, sync
+from esworkbench.lake import Lake, SyncInterrupted, TqdmProgress, _ingest, _writer, sync
 from esworkbench.sources import SourceBatch
 from esworkbench.sources.files import TableSource, open_archive
 
@@ -95,6 +99,88 @@ def test_commits_that_checkpoint_then_an_interruption_resume_as_one_clean_sync(
     with Lake(tmp_path / "l.duckdb") as lake:
         assert sync(source, lake, batch_size=batch_size).outcome == "ok"
         assert_same_tables(tables(lake), clean)
+
+
+def test_a_failure_between_the_parts_of_a_cut_batch_resumes_as_one_clean_sync(
+    tmp_path: Path,
+    small_ledger: Any,
+    clean: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With 120-row groups a 333-event batch commits as 120 + 120 + 93 events, and only its
+    # last part moves the checkpoint: a failure after the first part leaves events past the
+    # checkpoint, which the next sync must skip as re-deliveries, not count twice.
+    monkeypatch.setattr(_writer, "_ROW_GROUP_SIZE", 120)
+    parts: list[tuple[int, int | None]] = []
+    ingest = _ingest.ingest_batch
+
+    def failing_second_part(con: Any, batch: Any, **kw: Any) -> Any:
+        parts.append((batch.num_rows, kw["checkpoint"]))
+        if len(parts) == 2:
+            raise OSError("No space left on device")
+        return ingest(con, batch, **kw)
+
+    source = TableSource(small_ledger.to_arrow(), name="ledger")
+    with Lake(tmp_path / "l.duckdb") as lake:
+        monkeypatch.setattr(_ingest, "ingest_batch", failing_second_part)
+        with pytest.raises(OSError, match="No space"):
+            sync(source, lake, batch_size=333)
+        assert parts == [(120, None), (120, None)]
+        first = lake.read_events().height + lake.read_rejected().height
+        assert first == 120 and lake.read_checkpoints().is_empty()
+        monkeypatch.setattr(_ingest, "ingest_batch", ingest)
+        result = sync(source, lake, batch_size=333)
+        assert result.outcome == "ok" and result.duplicates >= first
+        assert result.events + result.rejected + first == len(small_ledger)
+        assert_same_tables(tables(lake), clean)
+        runs = lake.read_sync_runs()
+        assert runs["batches"].to_list() == [0, -(-len(small_ledger) // 333)]
+
+
+def test_each_checkpoint_writes_whole_row_groups_and_rewrites_none(tmp_path: Path) -> None:
+    # DuckDB starts a new row group after a checkpoint, and its vacuum merges a part-filled
+    # one into the next: checkpoints that ended mid-group rewrote the carried-over rows at
+    # every next checkpoint. Here every row group must be written once and never again.
+    n = 2 * _writer._ROW_GROUP_SIZE + 5_000
+    created = pa.array(np.full(n, 1_700_000_000_000_000), pa.int64())
+    events = pa.RecordBatch.from_arrays(
+        [
+            pa.array(np.arange(1, n + 1), pa.uint64()),
+            pa.array(np.arange(1, n + 1), pa.uint64()),
+            pa.array([f"user-{i % 1000}" for i in range(n)], pa.string()),
+            pa.array(np.arange(n) // 1000, pa.uint64()),
+            pa.array([str(uuid.UUID(int=i + 1)) for i in range(n)], pa.string()),
+            pa.array(["Deposited"] * n, pa.string()),
+            created.cast(RAW_SCHEMA.field("created").type),
+            pa.array(["application/json"] * n, pa.string()),
+            pa.array([b'{"amount": "%d.50"}' % i for i in range(n)], pa.binary()),
+            pa.array([b""] * n, pa.binary()),
+        ],
+        schema=RAW_SCHEMA,
+    )
+    blocks: dict[int, set[int]] = {}
+
+    class StorageWatch:
+        def start(self, **_: Any) -> None: ...
+
+        def advance(self, **_: Any) -> None:  # between batches, in the committing thread
+            for group, block in lake.read_sql(
+                "SELECT row_group_id, min(block_id) FROM pragma_storage_info('events') "
+                "WHERE column_name = 'data' AND block_id >= 0 GROUP BY ALL"
+            ).iter_rows():
+                blocks.setdefault(group, set()).add(block)
+
+        def close(self) -> None: ...
+
+    with Lake(tmp_path / "l.duckdb") as lake:
+        source = TableSource(pa.Table.from_batches([events]), name="synthetic")
+        assert sync(source, lake, batch_size=25_000, progress=StorageWatch()).events == n
+        counts = lake.read_sql(
+            "SELECT row_group_id, count FROM pragma_storage_info('events') "
+            "WHERE column_name = 'commit_position' AND segment_type <> 'VALIDITY' ORDER BY 1"
+        )["count"].to_list()
+    assert counts == [_writer._ROW_GROUP_SIZE, _writer._ROW_GROUP_SIZE, 5_000]
+    assert blocks.keys() == {0, 1} and all(len(b) == 1 for b in blocks.values())
 
 
 class Flaky:
