@@ -63,6 +63,8 @@ def read_anchor(con: duckdb.DuckDBPyConnection, source_key: str) -> tuple[int, s
 class LakeWriter:
     """Writes one sync's batches into a lake, each with its checkpoint in one transaction.
 
+    A batch that crosses a row group commits in parts, the checkpoint with the last (`ingest`).
+
     Made by `Lake.writer`, used as a context manager for the storage settings of a bulk sync
     (see `__enter__`).
 
